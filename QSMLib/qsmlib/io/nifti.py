@@ -1,0 +1,64 @@
+"""NIfTI reading and atomic writing. The only place that turns NIfTI files into arrays."""
+
+import os
+import tempfile
+import zlib
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import QSMInputError
+
+
+def load_nifti(path, *, name=None):
+    """Read a NIfTI file as ``(data, affine)`` with data float32 in (i, j, k[, t]) order.
+
+    Raises
+    ------
+    QSMInputError
+        If the file is missing, is not NIfTI, or is corrupt.
+    """
+    path = os.fspath(path)
+    name = name or path
+    if not os.path.exists(path):
+        raise QSMInputError(f"{name}: file not found; check the path")
+    if not path.endswith((".nii", ".nii.gz")):
+        raise QSMInputError(f"{name}: not a NIfTI file (.nii or .nii.gz); convert it first "
+                            "(for example DICOM with dcm2niix)")
+    try:
+        image = nib.load(path)
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise QSMInputError(f"{name}: this is a {type(image).__name__}, not NIfTI; "
+                                "convert it to .nii or .nii.gz (for example with dcm2niix)")
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except QSMInputError:
+        raise
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise QSMInputError(f"{name}: cannot be read as NIfTI ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'corrupt data'}); "
+                            "give an intact .nii or .nii.gz file") from None
+    affine = image.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise QSMInputError(f"{name}: the header has no valid voxel-to-world affine; "
+                            "fix the qform/sform of the file")
+    return data, np.asarray(affine, dtype=np.float64)
+
+
+def save_nifti(path, data, affine, *, dtype=np.float32, description=None):
+    """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
+    path = os.fspath(path)
+    image = nib.Nifti1Image(np.asarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm", "sec")
+    if description:
+        image.header["descrip"] = description[:79].encode()
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
