@@ -1,0 +1,212 @@
+"""PDF: projection onto dipole fields (Liu et al., 2011)."""
+
+import numpy as np
+
+from .. import fourier
+from ..dipole import dipole_kernel
+from ..errors import QSMInputError
+from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
+from .smv import bounding_box
+
+#: Default width in mm of the source region added around the mask's bounding box.
+DEFAULT_PAD_MM = 30.0
+
+
+def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100, tol=5e-4,
+        pad_voxels=None, callback=None):
+    """Remove the background field by projection onto dipole fields (PDF).
+
+    The background field is modelled as the field of a susceptibility
+    distribution ``x`` outside the mask. PDF fits it to the total field
+    inside the mask by weighted least squares,
+
+        min_x || W (f - M D (1 - M) x) ||^2,
+
+    with ``D`` the dipole convolution and ``M`` the mask, solved by conjugate
+    gradients on the normal equations (CGLS). The local field is the total field
+    minus the fitted background inside the mask.
+
+    The problem is set up on the mask's bounding box plus ``pad_voxels``
+    per axis (a fast FFT grid, periodic), so that sources may lie all around
+    the brain, including beyond the field of view.
+
+    Parameters
+    ----------
+    field : ndarray, shape (X, Y, Z)
+        Unwrapped total field (Hz or ppm; the result has the same unit).
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask; background sources are sought outside it.
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel coordinates.
+    weights : ndarray, shape (X, Y, Z), optional
+        Non-negative data weights, inversely proportional to the noise
+        standard deviation of the field (for example the magnitude).
+        Default uniform inside the mask.
+    max_iter : int, optional
+        Maximum number of conjugate gradient iterations.
+    tol : float, optional
+        Stop when the norm of the normal-equation residual falls below
+        ``tol`` times its initial value.
+    pad_voxels : int or sequence of 3 int, optional
+        Voxels added per axis around the mask's bounding box for the
+        background sources. Default 30 mm worth of voxels.
+    callback : callable, optional
+        ``callback(iteration, residual)`` after each iteration (from 1), with
+        the relative residual. It may raise :class:`qsmlib.Cancelled` to stop.
+
+    Returns
+    -------
+    local_field : ndarray, float32, shape (X, Y, Z)
+        Local field, 0 outside the mask.
+    mask_out : ndarray of bool, shape (X, Y, Z)
+        A copy of ``mask``: PDF does not erode it.
+
+    Raises
+    ------
+    QSMInputError
+        If the field is not a finite 3D volume, the mask or the weights do
+        not match it, the mask is empty, the weights are negative or all 0
+        inside the mask, or an option is invalid.
+
+    References
+    ----------
+    .. [1] Liu T, Khalidov I, de Rochefort L, Spincemaille P, Liu J, Tsiouris AJ,
+       Wang Y. A novel background field removal method for MRI using
+       projection onto dipole fields (PDF). NMR Biomed 2011;24:1129-1136.
+    """
+    field = as_volume(field, "field")
+    mask = as_mask(mask, field.shape)
+    voxel_size = as_voxel_size(voxel_size)
+    b0_dir = as_b0_dir(b0_dir)
+    max_iter = _check_max_iter(max_iter)
+    tol = _check_tol(tol)
+    pad = _padding(pad_voxels, voxel_size)
+
+    box = bounding_box(mask)
+    box_mask = mask[box]
+    box_shape = box_mask.shape
+    box_field = np.where(box_mask, field[box], np.float32(0))
+    weights = _weights(weights, mask, box)
+    padded = fourier.padded_shape(box_shape, pad)
+    kernel = dipole_kernel(padded, voxel_size, b0_dir)
+
+    # Sources live everywhere on the padded grid except inside the mask.
+    sources = np.ones(padded, dtype=bool)
+    sources[tuple(slice(0, n) for n in box_shape)] = ~box_mask
+
+    def field_of(chi):
+        """Field of ``chi`` (padded grid) on the bounding box."""
+        spectrum = fourier.rfft(chi)
+        spectrum *= kernel
+        return fourier.crop(fourier.irfft(spectrum, padded), box_shape)
+
+    def forward(chi):
+        """``W M D (1 - M) chi``: weighted field of the sources inside the mask."""
+        out = field_of(chi)
+        out *= weights
+        return out
+
+    def adjoint(data):
+        """``(1 - M) D M W data``: the transpose of :func:`forward`."""
+        spectrum = fourier.rfft(weights * data, padded)
+        spectrum *= kernel
+        out = fourier.irfft(spectrum, padded)
+        out *= sources
+        return out
+
+    chi = _cgls(forward, adjoint, weights * box_field, max_iter, tol, callback)
+
+    local = np.zeros(field.shape, dtype=np.float32)
+    local[box] = np.where(box_mask, box_field - field_of(chi), np.float32(0))
+    return local, mask.copy()
+
+
+def _cgls(forward, adjoint, data, max_iter, tol, callback):
+    """Least squares ``min ||data - forward(x)||`` by CGLS from ``x = 0``.
+
+    Conjugate gradients on the normal equations in the stable form of
+    Hestenes & Stiefel (CGLS). Stops when the normal-equation residual
+    ``||adjoint(data - forward(x))||`` falls below ``tol`` times its initial value.
+    """
+    residual = data.copy()
+    gradient = adjoint(residual)
+    x = np.zeros_like(gradient)
+    direction = gradient.copy()
+    gg = _dot(gradient, gradient)
+    gg0 = gg
+    if gg0 == 0.0:
+        return x
+    for iteration in range(1, max_iter + 1):
+        image = forward(direction)
+        image_norm_sq = _dot(image, image)
+        if image_norm_sq == 0.0:
+            break
+        step = np.float32(gg / image_norm_sq)
+        x += step * direction
+        residual -= step * image
+        gradient = adjoint(residual)
+        gg_new = _dot(gradient, gradient)
+        relative = float(np.sqrt(gg_new / gg0))
+        if callback is not None:
+            callback(iteration, relative)
+        if relative < tol:
+            break
+        direction *= np.float32(gg_new / gg)
+        direction += gradient
+        gg = gg_new
+    return x
+
+
+def _dot(a, b):
+    return float(np.dot(a.ravel(), b.ravel()))
+
+
+def _weights(weights, mask, box):
+    """Data weights on the bounding box, 0 outside the mask, root mean square 1 inside it."""
+    box_mask = mask[box]
+    if weights is None:
+        return box_mask.astype(np.float32)
+    weights = as_volume(weights, "weights")
+    if weights.shape != mask.shape:
+        raise QSMInputError(f"weights: shape {weights.shape} does not match the field shape "
+                            f"{mask.shape}; give weights on the same voxel grid")
+    inside = weights[mask]
+    if np.any(inside < 0):
+        raise QSMInputError("weights: negative values inside the mask; give non-negative "
+                            "weights such as the magnitude or 1 / noise standard deviation")
+    mean_sq = float(np.mean(inside.astype(np.float64) ** 2))
+    if mean_sq == 0.0:
+        raise QSMInputError("weights: all zero inside the mask; give non-negative weights "
+                            "that are positive in the brain, or leave them out")
+    return np.where(box_mask, weights[box] / np.float32(np.sqrt(mean_sq)), np.float32(0))
+
+
+def _padding(pad_voxels, voxel_size):
+    if pad_voxels is None:
+        return tuple(int(np.ceil(DEFAULT_PAD_MM / d)) for d in voxel_size)
+    pad = np.atleast_1d(np.asarray(pad_voxels)).ravel()
+    if pad.size == 1:
+        pad = np.repeat(pad, 3)
+    if (pad.size != 3 or not np.all(np.isfinite(pad.astype(np.float64)))
+            or np.any(pad < 0) or np.any(pad != np.round(pad))):
+        raise QSMInputError(f"pad_voxels: {pad_voxels!r} is not a padding; "
+                            "give one or three non-negative whole numbers of voxels")
+    return tuple(int(p) for p in pad)
+
+
+def _check_max_iter(max_iter):
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise QSMInputError(f"max_iter: {max_iter!r} is not a positive whole number of iterations")
+    return int(max_iter)
+
+
+def _check_tol(tol):
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise QSMInputError(f"tol: {tol!r} is not a non-negative tolerance; give for example 5e-4")
+    return value
