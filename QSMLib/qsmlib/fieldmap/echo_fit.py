@@ -1,0 +1,385 @@
+"""Total field from multi-echo gradient-echo phase: a magnitude-weighted linear fit over TE.
+
+Signal model per voxel and echo time ``t``::
+
+    S(t) = |S(t)| exp(i (phi0 + 2 pi f t)) + noise,
+
+with f the total field (Hz) and phi0 the echo-independent phase offset of
+the receive chain. The phase sign is the library's default: phase rises
+with the field (paramagnetic sources give positive f).
+
+The fit follows the approach of the multi-echo reviews (Robinson et al.,
+NMR Biomed 2017) and of MEDI's complex fit (Liu et al., MRM 2013), but
+linearised so that it is exact and fast:
+
+1. The phase difference of echoes 1 and 2, ``angle(S2 conj(S1))``, is free
+   of phi0; it is unwrapped in space once and gives a first field.
+2. Each later echo is unwrapped in time: its phase is predicted from the
+   current fit, ``phi0 + 2 pi f t``, and the wrapped difference to the
+   measured phase is added; the fit is then repeated with that echo.
+3. A weighted least-squares line with intercept over all echoes gives
+   ``f = slope / (2 pi)`` and ``phi0``. The weights are ``|S|^2``, the
+   inverse of the phase noise variance (which is ``sigma^2 / |S|^2``), so the
+   fit is the maximum-likelihood one at moderate SNR.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, special
+
+from ..errors import QSMInputError
+from ..unwrap.reliability import TWO_PI, unwrap_reliability, wrap_to_pi
+from ..validation import as_mask, as_volume, as_voxel_size, check_echo_times
+
+#: Weights are floored at this fraction of the median first-echo |S|^2 in the mask,
+#: so that voxels without signal still get a (very uncertain) finite fit.
+WEIGHT_FLOOR = 1e-6
+#: Voxels fitted at once (bounds the float64 work arrays to some tens of MB).
+CHUNK_VOXELS = 1 << 18
+#: SNR assumed for the noise SD when it can be estimated neither from the fit
+#: residual (fewer than three echoes) nor from background voxels.
+ASSUMED_SNR = 100.0
+#: Fewest background voxels used to estimate the noise SD from the magnitude.
+MIN_BACKGROUND_VOXELS = 1000
+#: Histogram bins for the mode of the background magnitude.
+MODE_BINS = 128
+#: The background estimate is used only when it is below this fraction of the
+#: median first-echo magnitude in the mask (else there is no real background).
+BACKGROUND_FRACTION = 0.1
+
+
+@dataclass
+class EchoFitResult:
+    """Result of :func:`fit_multi_echo_field`; every map is float32 and 0 outside the mask.
+
+    Attributes
+    ----------
+    field_hz : ndarray, shape (X, Y, Z)
+        Total field in Hz.
+    phase_offset_rad : ndarray, shape (X, Y, Z)
+        Echo-independent phase offset phi0 in radians, wrapped to [-pi, pi)
+        (0 for single-echo data, where it cannot be separated from the field).
+    field_sd_hz : ndarray, shape (X, Y, Z)
+        Standard deviation of ``field_hz`` due to noise, from the weighted
+        least-squares covariance: ``sigma / (2 pi sqrt(sum_n |S_n|^2 (t_n - tbar)^2))``
+        with ``tbar`` the weighted mean echo time.
+    residual : ndarray, shape (X, Y, Z)
+        Relative fit residual ``sqrt(sum_n |S_n e^{i psi_n} - |S_n| e^{i (phi0 + 2 pi f t_n)}|^2
+        / sum_n |S_n|^2)``: 0 for a perfect fit, up to 2; large where the
+        phase does not evolve linearly (flow, fat, no signal). 0 with fewer
+        than three echoes.
+    noise_sd : float
+        Noise SD per real and imaginary channel (magnitude units) used for
+        ``field_sd_hz``.
+    noise_sd_source : str
+        Where ``noise_sd`` came from: ``"given"``, ``"residual"`` (pooled fit
+        residual, three echoes or more), ``"background"`` (magnitude outside
+        the mask) or ``"assumed"`` (SNR of 100 in the first echo).
+    """
+
+    field_hz: np.ndarray
+    phase_offset_rad: np.ndarray
+    field_sd_hz: np.ndarray
+    residual: np.ndarray
+    noise_sd: float
+    noise_sd_source: str
+
+
+def fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, *, unwrap=unwrap_reliability,
+                         noise_sd=None):
+    """Fit the total field (Hz) and phase offset to multi-echo phase, weighted by magnitude.
+
+    Parameters
+    ----------
+    magnitude : ndarray, shape (X, Y, Z, E) or (X, Y, Z) for one echo
+        Magnitude per echo (any positive scale).
+    phase : ndarray, same shape as ``magnitude``
+        Phase per echo in radians (wrapped or not). Phase rises with the
+        field: ``phase = phi0 + 2 pi f TE``.
+    te_s : sequence of float
+        Echo times in seconds, increasing, one per echo.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain (or head) mask; the fit is done inside it only.
+    voxel_size : sequence of 3 float
+        Voxel size in mm (passed to ``unwrap``).
+    unwrap : callable, optional
+        Spatial unwrapper ``unwrap(phase, mask, voxel_size) -> ndarray``,
+        applied once to the phase difference of echoes 1 and 2 (to the phase
+        of a single echo). Default :func:`qsmlib.unwrap.unwrap_reliability`,
+        which is exact; :func:`qsmlib.unwrap.unwrap_laplacian` is faster,
+        exact where no neighbour step of the difference exceeds pi and
+        smoothly wrong elsewhere. None: ``phase`` is already unwrapped in
+        space and time (for example by another tool) and is fitted as it is.
+    noise_sd : float, optional
+        Noise SD per real and imaginary channel, in magnitude units, for
+        ``field_sd_hz``. Default: estimated (see Notes).
+
+    Returns
+    -------
+    EchoFitResult
+        ``field_hz``, ``phase_offset_rad``, ``field_sd_hz``, ``residual``
+        (float32 maps, 0 outside the mask) and the noise SD used.
+
+    Raises
+    ------
+    QSMInputError
+        If the arrays are not finite 3D/4D volumes of the same shape, the
+        phase holds integers (unscaled scanner phase), the magnitude is
+        negative, the echo times are not one increasing value in seconds per
+        echo, the mask does not match or is empty, or ``unwrap`` returns
+        something that is not a volume of the right shape.
+
+    Notes
+    -----
+    - The 2 pi ambiguity of the spatial unwrap is resolved by putting the
+      median phase difference of echoes 1 and 2 in the mask in [-pi, pi), so
+      the median field lies within +-1 / (2 (TE2 - TE1)) Hz (+-83 Hz for
+      6 ms): true after any shim, which centres the frequency on the brain.
+      With equally spaced echoes a field offset of k / (TE2 - TE1) Hz fits
+      the wrapped phases equally well, so this rule, not the fit, decides it.
+    - Single echo: ``field_hz = unwrap(phase) / (2 pi TE)``. The phase offset
+      cannot be separated and is left in the field; it is smooth, so
+      background field removal takes most of it away.
+    - Two echoes: the line through both echoes (exact, no residual).
+    - The noise SD ``sigma`` is, in order: ``noise_sd`` when given; with
+      three echoes or more, the median over the mask of the weighted residual
+      sum of squares ``sum_n |S_n|^2 r_n^2`` divided by the median of the
+      chi-square distribution with E - 2 degrees of freedom (a robust pooled
+      estimate; it assumes a spatially uniform noise level); otherwise the
+      mode of the non-zero first-echo magnitude outside the mask (the mode
+      of Rayleigh noise is sigma; at least 1000 voxels, and below 10 % of
+      the median magnitude in the mask); otherwise 1 % of the median
+      first-echo magnitude in the mask.
+    - Voxels with almost no signal keep a weight floor (1e-6 of the median
+      first-echo ``|S|^2``), so that the fit stays finite there and
+      ``field_sd_hz`` reports them as very uncertain.
+
+    References
+    ----------
+    Robinson SD, Bredies K, Khabipova D, Dymerska B, Marques JP, Schweser F.
+    An illustrated comparison of processing methods for MR phase imaging and
+    QSM: combining array coil signals and phase unwrapping. NMR Biomed
+    2017;30:e3601.
+
+    Liu T, Wisnieff C, Lou M, Chen W, Spincemaille P, Wang Y. Nonlinear
+    formulation of the magnetic field to source relationship for robust
+    quantitative susceptibility mapping. Magn Reson Med 2013;69:467-476.
+
+    Wu B, Li W, Avram AV, Gho SM, Liu C. Fast and tissue-optimized mapping of
+    magnetic susceptibility and T2* with multi-echo and multi-shot spirals.
+    NeuroImage 2012;59:297-305.
+    """
+    magnitude, phase = _as_echo_volumes(magnitude, phase)
+    shape = magnitude.shape[:3]
+    n_echoes = magnitude.shape[3]
+    te = check_echo_times(te_s, n_echoes=n_echoes, name="te_s")
+    mask = as_mask(mask, shape)
+    voxel_size = as_voxel_size(voxel_size)
+    if unwrap is not None and not callable(unwrap):
+        raise QSMInputError(f"unwrap: {unwrap!r} is not a function; give an unwrapper such as "
+                            "qsmlib.unwrap.unwrap_reliability, or None for unwrapped phase")
+    if noise_sd is not None:
+        noise_sd = float(noise_sd)
+        if not np.isfinite(noise_sd) or noise_sd <= 0:
+            raise QSMInputError(f"noise_sd: {noise_sd} must be a positive number "
+                                "(the noise SD per channel, in magnitude units), or None")
+
+    mag = magnitude[mask]                             # (N, E) float32
+    phases = phase[mask]
+    first_weight = np.median(mag[:, 0].astype(np.float64) ** 2)
+    weight_floor = WEIGHT_FLOOR * (first_weight if first_weight > 0 else 1.0)
+
+    if unwrap is None:
+        # Phase given unwrapped in space and time: fit it as it is.
+        step = None
+    elif n_echoes == 1:
+        # No intercept: field = phase / (2 pi TE), var(f) = sigma^2 / (|S|^2 (2 pi TE)^2).
+        step = _unwrap_checked(unwrap, phase[..., 0], mask, voxel_size)[mask]
+    else:
+        # Step 1: echo-difference phase (no offset), unwrapped in space once.
+        difference = wrap_to_pi(phase[..., 1] - phase[..., 0])
+        step = _unwrap_checked(unwrap, difference, mask, voxel_size)[mask]
+        del difference
+
+    n_voxels = mag.shape[0]
+    field, offset, residual, rss, spread = (np.zeros(n_voxels) for _ in range(5))
+    for start in range(0, n_voxels, CHUNK_VOXELS):
+        part = slice(start, start + CHUNK_VOXELS)
+        (field[part], offset[part], residual[part], rss[part],
+         spread[part]) = _fit_voxels(mag[part].astype(np.float64), phases[part],
+                                     None if step is None else step[part], te, weight_floor)
+    del phases, step
+
+    sigma, source = _noise_sd(noise_sd, rss if n_echoes > 2 else None, n_echoes,
+                              magnitude[..., 0], mask, mag[:, 0])
+    field_sd = sigma / (TWO_PI * np.sqrt(spread))
+
+    return EchoFitResult(
+        field_hz=_to_volume(field, mask), phase_offset_rad=_to_volume(offset, mask),
+        field_sd_hz=_to_volume(field_sd, mask), residual=_to_volume(residual, mask),
+        noise_sd=float(sigma), noise_sd_source=source)
+
+
+def _fit_voxels(mag, phases, step, te, weight_floor):
+    """Steps 2 and 3 for a block of voxels.
+
+    ``mag``, ``phases``: (N, E) magnitude and phase; ``step``: the spatially
+    unwrapped phase of echo 1 (one echo) or of echo 2 minus echo 1, or None
+    when ``phases`` are unwrapped already. Returns field (Hz), offset (rad,
+    wrapped), relative residual, weighted residual sum of squares and the
+    slope's inverse variance factor.
+    """
+    n_echoes = te.size
+    weights = np.maximum(mag ** 2, weight_floor)
+    if n_echoes == 1:
+        unwrapped = phases[:, 0].astype(np.float64) if step is None else step
+        field = unwrapped / (TWO_PI * te[0])
+        zeros = np.zeros_like(field)
+        return field, zeros, zeros, zeros, weights[:, 0] * te[0] ** 2
+    line = _RunningLine(te)
+    if step is None:
+        psi = phases.astype(np.float64)
+        for echo in range(n_echoes):
+            line.add(echo, weights[:, echo], psi[:, echo])
+    else:
+        wrapped = wrap_to_pi(phases.astype(np.float64))
+        psi = np.empty_like(wrapped)
+        psi[:, 0] = wrapped[:, 0]
+        psi[:, 1] = wrapped[:, 0] + step
+        line.add(0, weights[:, 0], psi[:, 0])
+        line.add(1, weights[:, 1], psi[:, 1])
+        # Step 2: temporal unwrapping of later echoes against the running fit.
+        for echo in range(2, n_echoes):
+            intercept, slope = line.solve()
+            predicted = intercept + slope * te[echo]
+            psi[:, echo] = predicted + wrap_to_pi(wrapped[:, echo] - predicted)
+            line.add(echo, weights[:, echo], psi[:, echo])
+    # Step 3: the weighted least-squares line over all echoes.
+    intercept, slope = line.solve()
+    misfit = psi - (intercept[:, None] + slope[:, None] * te)
+    return (slope / TWO_PI, wrap_to_pi(intercept), _relative_residual(mag, misfit),
+            np.einsum("ne,ne->n", weights, misfit ** 2), line.spread())
+
+
+class _RunningLine:
+    """Weighted least-squares line fitted per voxel, one echo added at a time.
+
+    Keeps the weighted sums of 1, t, t^2, psi and t psi, with t centred on
+    the mean echo time for conditioning (float64: with weights floored at
+    1e-6 of their median the normal equations lose at most ~6 digits).
+    """
+
+    def __init__(self, te):
+        self.centre = float(np.mean(te))
+        self.t = te - self.centre
+        self.sums = None
+
+    def add(self, echo, weights, psi):
+        t = self.t[echo]
+        terms = (weights, weights * t, weights * (t * t), weights * psi, weights * (t * psi))
+        if self.sums is None:
+            self.sums = [np.array(term, dtype=np.float64) for term in terms]  # own copies
+        else:
+            for total, term in zip(self.sums, terms):
+                total += term
+
+    def solve(self):
+        """Intercept (at TE = 0) and slope."""
+        s0, s1, s2, sy, sty = self.sums
+        slope = (s0 * sty - s1 * sy) / (s0 * s2 - s1 * s1)
+        return (sy - slope * s1) / s0 - slope * self.centre, slope
+
+    def spread(self):
+        """``sum_n w_n (t_n - tbar_w)^2``: the slope's variance is sigma^2 over this."""
+        s0, s1, s2 = self.sums[:3]
+        return s2 - s1 * s1 / s0
+
+
+def _as_echo_volumes(magnitude, phase):
+    """Magnitude and phase as float32 (X, Y, Z, E) arrays of the same shape."""
+    if np.issubdtype(np.asarray(phase).dtype, np.integer):
+        raise QSMInputError("phase: integer values look like unscaled scanner phase; "
+                            "rescale it to radians first (qsmlib.io does this on reading)")
+    arrays = []
+    for array, name in ((magnitude, "magnitude"), (phase, "phase")):
+        array = np.asarray(array)
+        if array.ndim == 3:
+            array = array[..., np.newaxis]
+        elif array.ndim != 4:
+            raise QSMInputError(f"{name}: got shape {array.shape}; give a 4D array "
+                                "(X, Y, Z, echoes), or a 3D volume for one echo")
+        arrays.append(as_volume(array, name, ndim=4))
+    magnitude, phase = arrays
+    if magnitude.shape != phase.shape:
+        raise QSMInputError(f"magnitude has shape {magnitude.shape} but phase has shape "
+                            f"{phase.shape}; give one magnitude and one phase volume per echo "
+                            "on the same grid")
+    if magnitude.min() < 0:
+        raise QSMInputError("magnitude: negative values found; give the magnitude image "
+                            "(not the real part or a phase image)")
+    return magnitude, phase
+
+
+def _unwrap_checked(unwrap, phase, mask, voxel_size):
+    """Call the user's unwrapper and check that it returned a volume of the right shape."""
+    result = np.asarray(unwrap(phase, mask, voxel_size))
+    if result.shape != phase.shape or not np.all(np.isfinite(result[mask])):
+        raise QSMInputError(f"unwrap: {getattr(unwrap, '__name__', unwrap)} returned shape "
+                            f"{result.shape} or non-finite values; it must return a finite "
+                            f"volume of shape {phase.shape}")
+    return result.astype(np.float64, copy=False)
+
+
+def _relative_residual(mag, misfit):
+    """Complex relative residual: |S e^{i psi} - |S| e^{i fit}| summed over echoes, over |S|."""
+    mag = mag.astype(np.float32)
+    energy = np.sum(mag * mag, axis=1)
+    error = np.sum((2 * mag * np.sin(np.float32(0.5) * misfit.astype(np.float32))) ** 2, axis=1)
+    return np.sqrt(np.divide(error, energy, out=np.zeros_like(energy), where=energy > 0))
+
+
+def _noise_sd(given, rss, n_echoes, first_echo, mask, first_echo_in_mask):
+    """Noise SD per channel and where it came from (see fit_multi_echo_field, Notes).
+
+    ``rss`` is the per-voxel weighted residual sum of squares (None with fewer than three echoes).
+    """
+    if given is not None:
+        return given, "given"
+    if rss is not None:
+        dof = n_echoes - 2
+        chi2_median = 2.0 * special.gammaincinv(0.5 * dof, 0.5)
+        sigma = float(np.sqrt(np.median(rss) / chi2_median))
+        if sigma > 0:
+            return sigma, "residual"
+    sigma = _rayleigh_mode(first_echo[~mask])
+    level = float(np.median(first_echo_in_mask))
+    if sigma is not None and sigma < BACKGROUND_FRACTION * level:
+        return sigma, "background"
+    return (level / ASSUMED_SNR if level > 0 else 1.0), "assumed"
+
+
+def _rayleigh_mode(values):
+    """Noise SD from the mode of the darkest voxels (the mode of a Rayleigh law is sigma).
+
+    Returns None with too few non-zero voxels. The mode is insensitive to the
+    tissue voxels mixed in, unlike a mean or a quantile.
+    """
+    values = values[values > 0]
+    if values.size < MIN_BACKGROUND_VOXELS:
+        return None
+    upper = float(np.quantile(values, 0.5))
+    for _ in range(2):  # coarse pass, then a finer one around the first mode
+        counts, edges = np.histogram(values, bins=MODE_BINS, range=(0.0, upper))
+        counts = ndimage.gaussian_filter1d(counts.astype(np.float64), 1.5)
+        peak = int(np.argmax(counts))
+        mode = 0.5 * (edges[peak] + edges[peak + 1])
+        upper = 3.0 * mode
+    return float(mode)
+
+
+def _to_volume(values, mask):
+    """Scatter per-voxel values into a float32 volume, 0 outside ``mask``."""
+    out = np.zeros(mask.shape, dtype=np.float32)
+    out[mask] = values
+    return out

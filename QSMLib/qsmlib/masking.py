@@ -1,0 +1,420 @@
+"""Brain mask from the gradient-echo magnitude, and morphology with physical radii.
+
+In a gradient-echo head image the brain (with its CSF) is bright, the skull
+is dark (cortical bone has almost no signal at usual echo times), and the
+scalp is bright again. :func:`brain_mask` therefore thresholds the magnitude,
+cuts the thin bright bridges that remain across the skull by a morphological
+opening, keeps the largest piece, restores its edge within the threshold
+mask, and fills the holes that dark structures (veins, iron-rich nuclei at
+late echoes, air-filled cavities seen through the brain) leave.
+
+Spheres are defined in millimetres: a voxel belongs to the sphere of radius
+``r`` when its centre lies within ``r`` mm of the centre voxel, so
+anisotropic voxels give an ellipsoid of voxel indices. Erosion and dilation
+by large spheres are done by FFT convolution (one real FFT pair each).
+"""
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+from . import fourier
+from .errors import QSMInputError
+from .validation import as_volume, as_voxel_size
+
+#: Default radius (mm) of the opening that separates the brain from the scalp.
+DEFAULT_OPENING_MM = 4.0
+#: Extra radius (mm) beyond the opening radius within which the opened brain
+#: is grown back inside the threshold mask (restores the partial-volume edge).
+RESTORE_MARGIN_MM = 1.0
+#: The automatic threshold is this fraction of the median tissue intensity ...
+TISSUE_FRACTION = 0.25
+#: ... and, when the dark class is background (median below this fraction of
+#: the tissue level), at least NOISE_FACTOR times the background median.
+BACKGROUND_FRACTION = 0.1
+NOISE_FACTOR = 3.0
+#: Upper percentile of the intensities kept for the threshold histogram
+#: (bright vessels and fat would otherwise stretch it).
+HISTOGRAM_PERCENTILE = 99.5
+#: Number of histogram bins for Otsu's method.
+HISTOGRAM_BINS = 256
+#: Grid spacing (mm) of the distance map used to separate the neck.
+BODY_GRID_MM = 2.0
+#: A distance-map maximum starts its own body when it rises this many mm above
+#: its join with a deeper one (the h of the h-maxima).
+BODY_DEPTH_MM = 4.0
+#: Relative slack when deciding whether a grid point lies on a sphere's surface.
+_SURFACE_TOLERANCE = 1e-6
+
+
+def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPENING_MM,
+               erode_mm=0.0, fill_holes=True, separate_neck=True):
+    """Extract the brain from a gradient-echo magnitude image.
+
+    Steps:
+
+    1. Echo combination: root sum of squares over echoes (4D input).
+    2. Threshold: by default 25 % of the tissue level, the median of the
+       voxels above Otsu's threshold, and at least 3 times the median
+       background level (see :func:`auto_threshold`). Dark tissue (a
+       receive-bias shadow, a deep nucleus at late echoes) stays in, and an
+       image without background (a crop inside the brain) keeps nearly
+       every voxel.
+    3. Neck separation (``separate_neck``): the brainstem joins the brain to
+       the neck and face tissue through a bridge too thick for an opening.
+       A watershed of the distance map (distance to the nearest voxel below
+       threshold, on a 2 mm grid) splits the mask into bodies at their
+       narrowest joins; the body holding the deepest point (the brain: no
+       other part of the head holds as large an inscribed sphere) is kept,
+       with every body whose deepest point lies inside the brain body's
+       equivalent ellipsoid (so that a lobe split off by a dark fold stays).
+    4. Opening: erosion by a sphere of ``opening_mm`` cuts the thin bright
+       bridges across the dark skull; the largest connected piece is kept.
+    5. Restoration: that piece is dilated by ``opening_mm`` + 1 mm within
+       the threshold mask, and the connected part is kept.
+    6. Hole filling: in 3D, then slice by slice along each axis.
+    7. Erosion by ``erode_mm``.
+
+    The result is the intracranial volume as the magnitude shows it: brain
+    and the CSF around it (bright at any echo time), without skull, scalp
+    and neck.
+
+    Parameters
+    ----------
+    magnitude : ndarray, shape (X, Y, Z) or (X, Y, Z, E)
+        Magnitude image, or one magnitude per echo.
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    threshold : float, optional
+        Intensity threshold on the (combined) magnitude, in its units.
+        Default: automatic (step 2).
+    opening_mm : float, optional
+        Radius of the opening sphere in mm (0 disables the opening). It must
+        be larger than half the thickness of the bridges to cut and smaller
+        than half the brain's width.
+    erode_mm : float, optional
+        Final erosion radius in mm (0: none).
+    fill_holes : bool, optional
+        Fill enclosed holes (3D and per slice).
+    separate_neck : bool, optional
+        Split off neck and face tissue joined to the brain by thick bridges
+        (step 3). Needs scikit-image.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+
+    Raises
+    ------
+    QSMInputError
+        If the magnitude is not a finite, non-negative 3D or 4D volume with
+        some signal, the voxel size is invalid, a radius is negative, or
+        nothing is above the threshold.
+
+    Notes
+    -----
+    Cost on a 164 x 205 x 205 head: a distance transform and a watershed on
+    a 2 mm grid, a few FFT pairs and a few connected-component labellings,
+    about 1.5 s on two cores.
+
+    References
+    ----------
+    Otsu N. A threshold selection method from gray-level histograms. IEEE
+    Trans Syst Man Cybern 1979;9:62-66.
+
+    Smith SM. Fast robust automated brain extraction. Hum Brain Mapp
+    2002;17:143-155 (the robust intensity range and the brain/background
+    threshold that this simpler method shares).
+
+    Beucher S, Meyer F. The morphological approach to segmentation: the
+    watershed transformation. In: Dougherty ER, ed. Mathematical Morphology
+    in Image Processing. Marcel Dekker; 1993:433-481.
+    """
+    image = combined_magnitude(magnitude)
+    voxel_size = as_voxel_size(voxel_size)
+    opening_mm = _as_radius(opening_mm, "opening_mm")
+    erode_mm = _as_radius(erode_mm, "erode_mm")
+    if threshold is None:
+        threshold = auto_threshold(image)
+    else:
+        threshold = float(threshold)
+        if not np.isfinite(threshold):
+            raise QSMInputError(f"threshold: {threshold} is not a number; give an intensity "
+                                "in the magnitude's units, or None for automatic")
+    candidate = image > threshold
+    if not candidate.any():
+        raise QSMInputError(f"threshold: no voxel is above {threshold:g} (magnitude maximum "
+                            f"{float(image.max()):g}); lower the threshold or use the "
+                            "automatic one")
+    del image
+
+    if separate_neck:
+        candidate &= _brain_body(candidate, voxel_size)
+    if opening_mm > 0:
+        core = largest_component(erode_mask(candidate, voxel_size, opening_mm))
+        if core.any():
+            grown = dilate_mask(core, voxel_size, opening_mm + RESTORE_MARGIN_MM)
+            mask = _component_touching(candidate & grown, core)
+        else:
+            # Everything is thinner than the opening sphere: keep the largest piece.
+            mask = largest_component(candidate)
+    else:
+        mask = largest_component(candidate)
+    if fill_holes:
+        mask = fill_holes_3d_and_slices(mask)
+    if erode_mm > 0:
+        mask = erode_mask(mask, voxel_size, erode_mm)
+    return mask
+
+
+def combined_magnitude(magnitude, name="magnitude"):
+    """Root sum of squares over echoes of a 4D magnitude (a 3D one is returned as float32)."""
+    array = np.asarray(magnitude)
+    if array.ndim == 4:
+        array = as_volume(array, name, ndim=4)
+    else:
+        array = as_volume(array, name)
+    if array.min() < 0:
+        raise QSMInputError(f"{name}: negative values found; give the magnitude image")
+    combined = np.sqrt(np.einsum("xyze,xyze->xyz", array, array)) if array.ndim == 4 else array
+    if not combined.max() > 0:
+        raise QSMInputError(f"{name}: every voxel is 0; give a magnitude image with signal")
+    return combined.astype(np.float32, copy=False)
+
+
+def auto_threshold(image):
+    """Automatic brain/background threshold of a magnitude image (see :func:`brain_mask`).
+
+    Otsu's threshold (on intensities clipped at their 99.5th percentile)
+    splits the voxels into a dark and a bright class. The threshold is 25 %
+    of the bright class's median (the tissue level). When the dark class is
+    background (its median below 10 % of the tissue level), the threshold is
+    also kept at least 3 times the dark class's median, about 3.5 noise SDs
+    for Rayleigh noise, so that noise does not enter the mask at low SNR.
+    """
+    values = np.asarray(image, dtype=np.float32).ravel()
+    top = float(np.percentile(values, HISTOGRAM_PERCENTILE))
+    if not top > 0:
+        top = float(values.max())
+    otsu = otsu_threshold(np.minimum(values, top), top)
+    bright = values > otsu
+    if not bright.any():
+        return 0.5 * otsu
+    tissue = float(np.median(values[bright]))
+    dark = float(np.median(values[~bright])) if not bright.all() else tissue
+    threshold = TISSUE_FRACTION * tissue
+    if dark < BACKGROUND_FRACTION * tissue:
+        threshold = max(threshold, NOISE_FACTOR * dark)
+    return threshold
+
+
+def otsu_threshold(values, top):
+    """Otsu's threshold of ``values`` in [0, top]: maximal between-class variance."""
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(0.0, top))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    counts = counts.astype(np.float64)
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    # A threshold at the upper edge of bin i separates bins <= i from the rest.
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def sphere_structure(voxel_size, radius_mm):
+    """Boolean sphere of ``radius_mm`` sampled on the voxel grid (odd size per axis).
+
+    A voxel belongs to it when its centre lies within ``radius_mm`` of the
+    centre voxel; anisotropic voxels give an ellipsoid of voxel indices.
+    """
+    return _sphere_structure(as_voxel_size(voxel_size), _as_radius(radius_mm, "radius_mm"))
+
+
+def erode_mask(mask, voxel_size, radius_mm):
+    """Erode a boolean mask by a sphere of ``radius_mm`` (outside the volume counts as background).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (X, Y, Z)
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    radius_mm : float
+        Sphere radius in mm; 0 returns a copy.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+        Voxels whose whole sphere lies inside ``mask``.
+    """
+    mask, voxel_size, radius_mm = _morphology_args(mask, voxel_size, radius_mm)
+    ball = _sphere_structure(voxel_size, radius_mm)
+    if ball.size == 1:
+        return mask.copy()
+    count = int(ball.sum())
+    return (_sphere_sum(mask, voxel_size, radius_mm) > count - 0.5) & mask
+
+
+def dilate_mask(mask, voxel_size, radius_mm):
+    """Dilate a boolean mask by a sphere of ``radius_mm`` (within the volume).
+
+    Returns the voxels whose sphere holds at least one voxel of ``mask``.
+    """
+    mask, voxel_size, radius_mm = _morphology_args(mask, voxel_size, radius_mm)
+    if _sphere_structure(voxel_size, radius_mm).size == 1:
+        return mask.copy()
+    return (_sphere_sum(mask, voxel_size, radius_mm) > 0.5) | mask
+
+
+def largest_component(mask):
+    """The largest face-connected component of a boolean mask (empty stays empty)."""
+    labels, n_components = ndimage.label(mask)
+    if n_components <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes_3d_and_slices(mask):
+    """Fill enclosed holes in 3D, then in every 2D slice along each of the three axes."""
+    filled = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return filled
+    # Everything beyond the bounding box is background, so filling inside it is exact.
+    box = bounding_box(mask)
+    part = ndimage.binary_fill_holes(mask[box])
+    for axis in range(3):
+        for index in range(part.shape[axis]):
+            plane = [slice(None)] * 3
+            plane[axis] = index
+            plane = tuple(plane)
+            part[plane] = ndimage.binary_fill_holes(part[plane])
+    filled[box] = part
+    return filled
+
+
+def bounding_box(mask):
+    """Slices of the smallest box that holds every voxel of a non-empty ``mask``."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _brain_body(candidate, voxel_size):
+    """False where ``candidate`` lies in a watershed body other than the brain's (step 3)."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    factors = [max(1, int(round(BODY_GRID_MM / d))) for d in voxel_size]
+    # Enclosed dark structures (deep veins) would split the brain's distance map.
+    coarse = ndimage.binary_fill_holes(_block_majority(candidate, factors))
+    if not coarse.any():
+        return np.ones(candidate.shape, dtype=bool)
+    spacing = [f * d for f, d in zip(factors, voxel_size)]
+    # Outside the field of view counts as background.
+    depth = ndimage.distance_transform_edt(np.pad(coarse, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    markers, n_bodies = ndimage.label(h_maxima(depth, BODY_DEPTH_MM))
+    if n_bodies <= 1:
+        return np.ones(candidate.shape, dtype=bool)
+    bodies = watershed(-depth, markers, mask=coarse)
+
+    deepest = np.asarray(ndimage.maximum_position(depth, bodies, np.arange(1, n_bodies + 1)),
+                         dtype=np.float64) * spacing
+    brain = int(np.argmax(ndimage.maximum(depth, bodies, np.arange(1, n_bodies + 1)))) + 1
+    points = np.argwhere(bodies == brain) * np.asarray(spacing)
+    centre = points.mean(axis=0)
+    # A uniform solid ellipsoid with semi-axes a_i has variances a_i^2 / 5.
+    inverse = np.linalg.pinv(np.cov(points.T) * 5.0)
+    offsets = deepest - centre
+    inside = np.einsum("bi,ij,bj->b", offsets, inverse, offsets) <= 1.0
+    # Drop the other bodies; voxels outside every coarse body (thin edges) stay
+    # candidates, so the brain's partial-volume edge is not lost.
+    drop = np.concatenate(([False], ~inside))
+    drop[brain] = False
+    return ~_block_expand(drop[bodies], factors, candidate.shape)
+
+
+def _block_majority(mask, factors):
+    """Downsample a boolean mask by block majority (trailing partial blocks dropped)."""
+    shape = [n // f for n, f in zip(mask.shape, factors)]
+    if min(shape) == 0:
+        return np.zeros([max(1, n) for n in shape], dtype=bool)
+    trimmed = mask[tuple(slice(0, n * f) for n, f in zip(shape, factors))]
+    blocks = trimmed.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32) > 0.5
+
+
+def _block_expand(coarse, factors, shape):
+    """Inverse of :func:`_block_majority`: repeat blocks, extend the edges to ``shape``."""
+    fine = coarse
+    for axis, f in enumerate(factors):
+        fine = np.repeat(fine, f, axis=axis)
+    fine = fine[tuple(slice(0, n) for n in shape)]
+    missing = [(0, n - m) for n, m in zip(shape, fine.shape)]
+    return np.pad(fine, missing, mode="edge") if any(p for _, p in missing) else fine
+
+
+def _component_touching(mask, seed):
+    """Voxels of ``mask`` in the face-connected components that hold a voxel of ``seed``."""
+    labels, _ = ndimage.label(mask)
+    keep = np.unique(labels[seed & mask])
+    keep = keep[keep > 0]
+    return np.isin(labels, keep)
+
+
+def _morphology_args(mask, voxel_size, radius_mm):
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise QSMInputError(f"mask: got shape {mask.shape}; give a 3D mask")
+    return mask.astype(bool, copy=False), as_voxel_size(voxel_size), _as_radius(radius_mm,
+                                                                                "radius_mm")
+
+
+def _as_radius(radius_mm, name):
+    try:
+        radius = float(radius_mm)
+    except (TypeError, ValueError):
+        raise QSMInputError(f"{name}: {radius_mm!r} is not a number; give a radius in mm") from None
+    if not np.isfinite(radius) or radius < 0:
+        raise QSMInputError(f"{name}: {radius_mm!r} must be a radius >= 0 in mm")
+    return radius
+
+
+@lru_cache(maxsize=16)
+def _sphere_structure(voxel_size, radius_mm):
+    half = [int(np.floor(radius_mm / d * (1 + _SURFACE_TOLERANCE))) for d in voxel_size]
+    axes = [np.arange(-h, h + 1) * d for h, d in zip(half, voxel_size)]
+    dx, dy, dz = np.meshgrid(*axes, indexing="ij", sparse=True)
+    ball = dx ** 2 + dy ** 2 + dz ** 2 <= (radius_mm * (1 + _SURFACE_TOLERANCE)) ** 2
+    ball.setflags(write=False)
+    return ball
+
+
+def _sphere_sum(mask, voxel_size, radius_mm):
+    """Number of ``mask`` voxels in the sphere around each voxel (float32, FFT convolution)."""
+    half = [(n - 1) // 2 for n in _sphere_structure(voxel_size, radius_mm).shape]
+    # Padding by the half-width keeps the circular convolution from wrapping;
+    # the grid must also hold the whole sphere.
+    pads = [max(h, 2 * h + 1 - n) for h, n in zip(half, mask.shape)]
+    shape = fourier.padded_shape(mask.shape, pads)
+    kernel = _sphere_spectrum(shape, voxel_size, radius_mm)
+    total = fourier.irfft(fourier.rfft(mask.astype(np.float32), shape) * kernel, shape)
+    return fourier.crop(total, mask.shape)
+
+
+@lru_cache(maxsize=4)
+def _sphere_spectrum(shape, voxel_size, radius_mm):
+    """Real FFT (float32, read-only) of the sphere centred on voxel 0 of the periodic ``shape``."""
+    ball = _sphere_structure(voxel_size, radius_mm)
+    offsets = [idx - (n - 1) // 2 for idx, n in zip(np.nonzero(ball), ball.shape)]
+    sphere = np.zeros(shape, dtype=np.float32)
+    sphere[tuple(o % n for o, n in zip(offsets, shape))] = 1.0
+    spectrum = fourier.rfft(sphere).real.astype(np.float32)
+    spectrum.setflags(write=False)
+    return spectrum
