@@ -1,0 +1,7 @@
+"""Run the qsm command line: python -m qsmlib."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,329 @@
+"""The QSM pipeline: a configuration object and a stage runner.
+
+Data move one way::
+
+    mask -> total field (echo fit + unwrap) -> local field -> inversion -> referencing
+
+:func:`reconstruct` chains the stage functions on arrays and records what it
+did (method, every parameter including defaults, time, iterations) for the
+provenance. It can start at any stage: from multi-echo magnitude and phase,
+from a total field map, or from a local field map. It never reads or writes
+files (see :mod:`qsmlib.workflow`).
+"""
+
+import inspect
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import __version__
+from .bgremove import pdf, sharp, vsharp
+from .constants import hz_to_ppm, ppm_to_hz
+from .errors import QSMInputError
+from .fieldmap import fit_multi_echo_field
+from .inversion import tikhonov, tkd, tv_admm
+from .masking import brain_mask
+from .reference import reference_to_region
+from .relaxometry import r2star_loglinear
+from .unwrap import unwrap_laplacian, unwrap_reliability
+from .validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_b0, check_echo_times
+
+UNWRAP_METHODS = {"reliability": unwrap_reliability, "laplacian": unwrap_laplacian}
+BGREMOVE_METHODS = {"vsharp": vsharp, "sharp": sharp, "pdf": pdf}
+INVERSION_METHODS = {"tv-admm": tv_admm, "tikhonov": tikhonov, "tkd": tkd}
+REFERENCE_METHODS = ("brain", "region", "none")
+
+#: Fraction of brain voxels with the highest R2* used by the phase-sign check.
+PHASE_SIGN_TOP_FRACTION = 0.02
+
+
+@dataclass
+class PipelineConfig:
+    """Which method runs at each stage, and its options.
+
+    ``options`` maps a method name (``"vsharp"``, ``"tv-admm"``, ``"mask"``, ...)
+    to keyword arguments for that method's function; unknown keywords are
+    refused with the list of valid ones.
+    """
+
+    unwrap: str = "reliability"
+    bgremove: str = "vsharp"
+    inversion: str = "tv-admm"
+    reference: str = "brain"
+    options: Dict[str, dict] = field(default_factory=dict)
+    check_phase_sign: bool = True
+
+    def validate(self):
+        for stage, value, choices in (("unwrap", self.unwrap, UNWRAP_METHODS),
+                                      ("bgremove", self.bgremove, BGREMOVE_METHODS),
+                                      ("inversion", self.inversion, INVERSION_METHODS),
+                                      ("reference", self.reference, REFERENCE_METHODS)):
+            if value not in choices:
+                raise QSMInputError(f"{stage} method '{value}' is unknown; choose one of {', '.join(choices)}")
+        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask"}
+        for name in self.options:
+            if name not in known:
+                raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(known))}")
+        return self
+
+
+@dataclass
+class QSMResult:
+    """What :func:`reconstruct` returns. Maps are float32 (X, Y, Z), 0 outside ``mask``."""
+
+    chi_ppm: np.ndarray
+    local_field_hz: np.ndarray
+    mask: np.ndarray
+    brain_mask: np.ndarray
+    total_field_hz: Optional[np.ndarray] = None
+    provenance: dict = field(default_factory=dict)
+
+
+def method_parameters(func, options, name):
+    """Full keyword parameters of ``func``: its defaults updated with ``options``.
+
+    Raises QSMInputError for an option the function does not take.
+    """
+    signature = inspect.signature(func)
+    keyword = {p.name: p.default for p in signature.parameters.values()
+               if p.kind == p.KEYWORD_ONLY and p.name not in ("callback", "b0_dir")}
+    unknown = set(options) - set(keyword)
+    if unknown:
+        raise QSMInputError(f"'{name}' has no option {', '.join(sorted(unknown))}; "
+                            f"it takes {', '.join(sorted(keyword)) or 'no options'}")
+    keyword.update(options)
+    return keyword
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 16 else f"array{value.shape}"
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    return repr(value)
+
+
+class StageRecorder:
+    """Times stages, forwards progress, and collects solver convergence.
+
+    ``progress(stage, fraction)`` is called at the start (0) and end (1) of
+    each stage and after every solver iteration; it may raise
+    :class:`~qsmlib.errors.Cancelled` to stop the run.
+    """
+
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.stages = []
+
+    def _report(self, stage, fraction):
+        if self.progress is not None:
+            self.progress(stage, float(min(max(fraction, 0.0), 1.0)))
+
+    @contextmanager
+    def stage(self, stage, method, parameters):
+        record = {"stage": stage, "method": method, "parameters": _jsonable(parameters)}
+        max_iter = parameters.get("max_iter")
+        self._report(stage, 0.0)
+        start = time.perf_counter()
+
+        def callback(iteration, residual):
+            record["iterations"] = int(iteration)
+            record["final_residual"] = float(residual)
+            if max_iter:
+                self._report(stage, iteration / max_iter)
+
+        yield callback, record
+        record["time_s"] = round(time.perf_counter() - start, 3)
+        if max_iter and "iterations" in record:
+            record["converged"] = record["iterations"] < max_iter
+        self.stages.append(record)
+        self._report(stage, 1.0)
+
+
+def _call(func, args, parameters, b0_dir, callback):
+    accepted = inspect.signature(func).parameters
+    extra = {}
+    if "b0_dir" in accepted:
+        extra["b0_dir"] = b0_dir
+    if "callback" in accepted:
+        extra["callback"] = callback
+    return func(*args, **parameters, **extra)
+
+
+def phase_sign_check(chi_ppm, r2star_hz, mask, *, top_fraction=PHASE_SIGN_TOP_FRACTION):
+    """Check the phase convention from iron: high-R2* voxels must be paramagnetic.
+
+    Iron-rich nuclei and venous blood raise both R2* and susceptibility, so the
+    brain voxels with the highest R2* should have a clearly positive median
+    susceptibility. A negative median means the phase sign looks inverted.
+    """
+    values = r2star_hz[mask]
+    threshold = np.quantile(values, 1.0 - top_fraction)
+    top = mask & (r2star_hz >= threshold)
+    median = float(np.median(chi_ppm[top]))
+    return {"top_fraction": top_fraction, "r2star_threshold_hz": float(threshold),
+            "median_chi_ppm": median, "voxels": int(top.sum()), "ok": median > 0}
+
+
+def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, local_field_hz=None,
+                mask=None, b0_t, voxel_size, b0_dir, config=None, reference_region=None,
+                phase_unwrapped=False, progress=None):
+    """Run the QSM pipeline from whichever stage the inputs allow.
+
+    Parameters
+    ----------
+    magnitude, phase : ndarray (X, Y, Z, E), optional
+        Multi-echo magnitude and phase (radians). Phase may be wrapped, or
+        already unwrapped with ``phase_unwrapped=True``.
+    te_s : sequence of float
+        Echo times in seconds (with magnitude and phase).
+    total_field_hz, local_field_hz : ndarray (X, Y, Z), optional
+        Start from a total field (skips echo fitting and unwrapping) or a local
+        field (also skips background removal).
+    mask : ndarray of bool, optional
+        Brain mask. Computed from the magnitude when missing; required when
+        starting from a field map.
+    b0_t : float
+        Field strength in tesla.
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    b0_dir : sequence of 3 float
+        B0 direction in voxel coordinates (see
+        :func:`qsmlib.dipole.b0_direction_from_affine`).
+    config : PipelineConfig, optional
+    reference_region : ndarray of bool, optional
+        Region for ``config.reference == "region"``.
+    progress : callable(stage, fraction), optional
+        Progress reporter; raise :class:`~qsmlib.errors.Cancelled` in it to stop.
+
+    Returns
+    -------
+    QSMResult
+    """
+    config = (config or PipelineConfig()).validate()
+    b0_t = check_b0(b0_t)
+    voxel_size = as_voxel_size(voxel_size)
+    b0_dir = as_b0_dir(b0_dir)
+    recorder = StageRecorder(progress)
+    options = config.options
+    warnings = []
+    start = time.perf_counter()
+
+    if local_field_hz is None and total_field_hz is None:
+        if magnitude is None or phase is None:
+            raise QSMInputError("give magnitude and phase, a total field, or a local field to start from")
+        magnitude = as_volume(magnitude, "magnitude", ndim=4)
+        phase = as_volume(phase, "phase", ndim=4)
+        if magnitude.shape != phase.shape:
+            raise QSMInputError(f"magnitude has shape {magnitude.shape} but phase has shape {phase.shape}; "
+                                "they must have the same voxels and echoes")
+        te_s = check_echo_times(te_s, n_echoes=magnitude.shape[3])
+        shape = magnitude.shape[:3]
+    else:
+        start_field = local_field_hz if local_field_hz is not None else total_field_hz
+        start_field = as_volume(start_field, "local field" if local_field_hz is not None else "total field")
+        shape = start_field.shape
+        if mask is None and magnitude is None:
+            raise QSMInputError("a brain mask is required when starting from a field map; give --mask")
+
+    if mask is None:
+        params = method_parameters(brain_mask, options.get("mask", {}), "mask")
+        with recorder.stage("mask", "magnitude threshold + morphology", params):
+            mask = brain_mask(as_volume(magnitude, "magnitude", ndim=4), voxel_size, **params)
+        if not mask.any():
+            raise QSMInputError("automatic brain mask: it came out empty; give a mask with --mask")
+    else:
+        mask = as_mask(mask, shape)
+        recorder.stages.append({"stage": "mask", "method": "given", "parameters": {}, "time_s": 0.0})
+    brain = mask.copy()
+
+    if local_field_hz is None and total_field_hz is None:
+        unwrap = None if phase_unwrapped else UNWRAP_METHODS[config.unwrap]
+        params = method_parameters(fit_multi_echo_field, {}, "echo fit")
+        method = ("weighted least-squares echo fit, phase given unwrapped" if phase_unwrapped else
+                  f"weighted least-squares echo fit, unwrap: {config.unwrap}")
+        if unwrap is not None:
+            params.update(unwrap=config.unwrap,
+                          **method_parameters(unwrap, options.get(config.unwrap, {}), config.unwrap))
+            unwrap_options = {k: v for k, v in params.items() if k in inspect.signature(unwrap).parameters}
+            unwrap = _bind(unwrap, unwrap_options)
+        with recorder.stage("total field", method, params):
+            fit = fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, unwrap=unwrap)
+        total_field_hz = fit.field_hz
+    elif total_field_hz is not None:
+        total_field_hz = as_volume(total_field_hz, "total field")
+
+    if local_field_hz is None:
+        func = BGREMOVE_METHODS[config.bgremove]
+        params = method_parameters(func, options.get(config.bgremove, {}), config.bgremove)
+        with recorder.stage("background removal", config.bgremove, params) as (callback, _):
+            local_field_hz, mask = _call(func, (total_field_hz, mask, voxel_size), params, b0_dir, callback)
+        if not mask.any():
+            raise QSMInputError(f"background removal ({config.bgremove}) eroded the whole mask; "
+                                "use smaller radii or another method")
+    else:
+        local_field_hz = as_volume(local_field_hz, "local field")
+
+    func = INVERSION_METHODS[config.inversion]
+    params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
+    with recorder.stage("dipole inversion", config.inversion, params) as (callback, _):
+        field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
+        chi = _call(func, (field_ppm, mask, voxel_size), params, b0_dir, callback)
+
+    with recorder.stage("referencing", config.reference, {}) as (_, record):
+        if config.reference == "none":
+            offset = 0.0
+        else:
+            if config.reference == "region" and reference_region is None:
+                raise QSMInputError("reference 'region' needs a reference region (for example --reference-mask)")
+            region = mask if config.reference == "brain" else reference_region
+            chi, offset = reference_to_region(chi, mask, region)
+        record["offset_ppm"] = offset
+
+    checks = {}
+    if config.check_phase_sign and magnitude is not None and magnitude.shape[3] >= 2:
+        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
+        checks["phase_sign"] = phase_sign_check(chi, r2star, mask)
+        if not checks["phase_sign"]["ok"]:
+            warnings.append("the phase convention looks inverted: the brain voxels with the highest R2* "
+                            f"have median susceptibility {checks['phase_sign']['median_chi_ppm']:.4f} ppm "
+                            "(expected positive for iron and veins); rerun with the phase sign flipped "
+                            "(--phase-sign -1) if this is not a lesion-dominated scan")
+
+    provenance = {
+        "software": {"name": "QSMLib", "version": __version__, "python": platform.python_version(),
+                     "numpy": np.__version__},
+        "config": _jsonable(asdict(config)),
+        "acquisition": {"b0_t": b0_t, "te_s": None if te_s is None else [float(t) for t in te_s],
+                        "voxel_size_mm": list(voxel_size), "b0_dir": list(b0_dir)},
+        "stages": recorder.stages,
+        "checks": checks,
+        "warnings": warnings,
+        "mask_voxels": {"brain": int(brain.sum()), "final": int(mask.sum())},
+        "total_time_s": round(time.perf_counter() - start, 3),
+    }
+    return QSMResult(chi_ppm=chi, local_field_hz=np.where(mask, local_field_hz, 0).astype(np.float32),
+                     mask=mask, brain_mask=brain, total_field_hz=total_field_hz, provenance=provenance)
+
+
+def _bind(func, options):
+    def bound(phase, mask=None, voxel_size=(1.0, 1.0, 1.0)):
+        return func(phase, mask, voxel_size, **options)
+    bound.__name__ = func.__name__
+    return bound
+
+
+__all__ = ["PipelineConfig", "QSMResult", "reconstruct", "phase_sign_check", "method_parameters",
+           "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS", "ppm_to_hz"]

@@ -1,0 +1,292 @@
+"""File-level workflows behind the ``qsm`` command: run, invert, simulate, demo.
+
+This is the only layer that combines reading, computing and writing. Every
+workflow checks its output folder first (nothing is overwritten without
+``force``), stages what it writes, and moves it into place only on success.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .constants import hz_per_ppm
+from .dipole import b0_direction_from_affine, voxel_size_from_affine
+from .errors import QSMInputError
+from .io import (OutputDirectory, find_megre, load_field, load_mask, load_multi_echo, megre_names,
+                 save_nifti, write_megre)
+from .metrics import hfen, nrmse, region_errors
+from .pipeline import INVERSION_METHODS, PipelineConfig, method_parameters, reconstruct
+from .reference import reference_whole_brain
+from .report import html_report, overview_image, write_png, write_text
+from .validation import as_b0_dir, check_b0
+
+log = logging.getLogger("qsmlib")
+
+RUN_OUTPUTS = ("chi.nii.gz", "mask.nii.gz", "total_field.nii.gz", "local_field.nii.gz", "provenance.json")
+#: Deep grey matter structures of the head phantom used for accuracy reports.
+DGM_STRUCTURES = ("caudate", "Putamen", "GP", "Thalamus", "SNandSTN", "RN", "DN")
+
+
+def resolve_b0_dir(affine, override=None):
+    """B0 direction in voxel coordinates and where it came from."""
+    if override is not None:
+        return as_b0_dir(override, name="--b0-dir"), "given (--b0-dir)"
+    return b0_direction_from_affine(affine), "image affine"
+
+
+def _write_json(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
+                    subject=None, session=None, phase_sign=1, phase_unwrapped=False):
+    """Load multi-echo inputs from files or a BIDS dataset (see :func:`run_qsm`)."""
+    bids = None
+    if bids_dir is not None:
+        bids = find_megre(bids_dir, subject=subject, session=session)
+        magnitude_files, phase_files = bids["magnitude"], bids["phase"]
+        te_s = bids["te_s"] if te_s is None else te_s
+        b0_t = bids["b0_t"] if b0_t is None else b0_t
+    if not magnitude_files or not phase_files:
+        raise QSMInputError("give --mag and --phase files (with --te and --b0), or --bids DIR")
+    if te_s is None:
+        raise QSMInputError("echo times are missing; give --te in seconds, one per echo")
+    if b0_t is None:
+        raise QSMInputError("the field strength is missing; give --b0 in tesla")
+    data = load_multi_echo(magnitude_files, phase_files, te_s, b0_t, phase_sign=phase_sign,
+                           phase_unwrapped=phase_unwrapped)
+    log.info("phase: %s", data.phase_scaling["detected"])
+    return data, bids
+
+
+def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
+            subject=None, session=None, total_field_file=None, local_field_file=None, mask_file=None,
+            reference_mask_file=None, config=None, b0_dir=None, phase_sign=1, phase_unwrapped=False,
+            force=False, progress=None):
+    """Reconstruct susceptibility from files and write maps and provenance to ``out_dir``.
+
+    Start from multi-echo magnitude and phase (files or ``bids_dir``), from a
+    total field map in Hz (``total_field_file``), or from a local field map in
+    Hz (``local_field_file``). Writes :data:`RUN_OUTPUTS`.
+
+    Returns
+    -------
+    QSMResult
+    """
+    config = (config or PipelineConfig()).validate()
+    with OutputDirectory(out_dir, RUN_OUTPUTS, force=force) as stage:
+        result = _run_into(stage, "", magnitude_files=magnitude_files, phase_files=phase_files,
+                           te_s=te_s, b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
+                           total_field_file=total_field_file, local_field_file=local_field_file,
+                           mask_file=mask_file, reference_mask_file=reference_mask_file, config=config,
+                           b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
+                           progress=progress)
+    return result
+
+
+def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_dir, subject, session,
+              total_field_file, local_field_file, mask_file, reference_mask_file, config, b0_dir,
+              phase_sign, phase_unwrapped, progress):
+    inputs = {}
+    data = None
+    if total_field_file is None and local_field_file is None:
+        data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
+                                     b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
+                                     phase_sign=phase_sign, phase_unwrapped=phase_unwrapped)
+        affine, shape, b0_t = data.affine, data.shape, data.b0_t
+        inputs.update(data.sources, echo_times_s=data.te_s.tolist(), b0_t=b0_t)
+        if bids:
+            inputs.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
+        fields = {}
+    else:
+        if b0_t is None:
+            raise QSMInputError("the field strength is missing; give --b0 in tesla")
+        b0_t = check_b0(b0_t, name="B0 (--b0)")
+        path = local_field_file if local_field_file is not None else total_field_file
+        field_hz, affine = load_field(path)
+        shape = field_hz.shape
+        key = "local_field_hz" if local_field_file is not None else "total_field_hz"
+        fields = {key: field_hz}
+        inputs.update({key.replace("_hz", "_file"): str(path), "b0_t": b0_t})
+    mask = None
+    if mask_file is not None:
+        mask = load_mask(mask_file, shape, affine)
+        inputs["mask"] = str(mask_file)
+    region = None
+    if reference_mask_file is not None:
+        region = load_mask(reference_mask_file, shape, affine)
+        inputs["reference_mask"] = str(reference_mask_file)
+    direction, direction_source = resolve_b0_dir(affine, b0_dir)
+    log.info("B0 direction in voxel coordinates: (%.3f, %.3f, %.3f), from the %s", *direction, direction_source)
+    result = reconstruct(magnitude=None if data is None else data.magnitude,
+                         phase=None if data is None else data.phase,
+                         te_s=None if data is None else data.te_s, mask=mask, b0_t=b0_t,
+                         voxel_size=voxel_size_from_affine(affine), b0_dir=direction, config=config,
+                         reference_region=region, phase_unwrapped=phase_unwrapped, progress=progress,
+                         **fields)
+    for warning in result.provenance["warnings"]:
+        log.warning("%s", warning)
+    provenance = dict(result.provenance)
+    provenance["inputs"] = inputs
+    provenance["detected"] = {"b0_dir": list(direction), "b0_dir_source": direction_source,
+                              "voxel_size_mm": list(voxel_size_from_affine(affine)),
+                              "phase_scaling": None if data is None else data.phase_scaling}
+    provenance["command"] = " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("qsm") else None
+    provenance["units"] = {"chi": "ppm", "total_field": "Hz", "local_field": "Hz"}
+    result.provenance = provenance
+    write = stage.path
+    save_nifti(write(prefix + "chi.nii.gz"), result.chi_ppm, affine, description="susceptibility (ppm)")
+    save_nifti(write(prefix + "mask.nii.gz"), result.mask, affine, dtype=np.uint8)
+    if result.total_field_hz is not None:
+        save_nifti(write(prefix + "total_field.nii.gz"), np.where(result.brain_mask, result.total_field_hz, 0),
+                   affine, description="total field (Hz)")
+    save_nifti(write(prefix + "local_field.nii.gz"), result.local_field_hz, affine, description="local field (Hz)")
+    _write_json(write(prefix + "provenance.json"), provenance)
+    return result
+
+
+def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, method="tv-admm", options=None,
+                 b0_dir=None, force=False, progress=None):
+    """Dipole inversion of a local field map file; writes a susceptibility map (ppm)."""
+    if unit not in ("ppm", "hz"):
+        raise QSMInputError(f"--unit {unit}: choose ppm or hz")
+    if unit == "hz" and b0_t is None:
+        raise QSMInputError("--unit hz needs --b0 in tesla to convert the field to ppm")
+    out_dir, name = os.path.split(os.path.abspath(out_file))
+    field, affine = load_field(local_field_file)
+    mask = load_mask(mask_file, field.shape, affine)
+    b0 = check_b0(b0_t, name="B0 (--b0)") if b0_t is not None else 3.0
+    field_hz = field if unit == "hz" else field * hz_per_ppm(b0)
+    config = PipelineConfig(inversion=method, reference="none",
+                            options={method: dict(options or {})} if method in INVERSION_METHODS else {})
+    direction, source = resolve_b0_dir(affine, b0_dir)
+    with OutputDirectory(out_dir, [name], force=force) as stage:
+        result = reconstruct(local_field_hz=field_hz, mask=mask, b0_t=b0, voxel_size=voxel_size_from_affine(affine),
+                             b0_dir=direction, config=config, progress=progress)
+        save_nifti(stage.path(name), result.chi_ppm, affine, description="susceptibility (ppm)")
+    log.info("B0 direction (%.3f, %.3f, %.3f) from the %s", *direction, source)
+    return result
+
+
+def truth_names(subject):
+    """Relative paths of the ground-truth files that :func:`simulate_dataset` writes."""
+    folder = f"derivatives/truth/sub-{subject}/anat/sub-{subject}"
+    return [f"{folder}_Chimap.nii.gz", f"{folder}_desc-local_fieldmap.nii.gz",
+            f"{folder}_desc-total_fieldmap.nii.gz", f"{folder}_desc-brain_mask.nii.gz",
+            f"{folder}_dseg.nii.gz", f"{folder}_dseg.tsv", f"{folder}_R2starmap.nii.gz",
+            "derivatives/truth/dataset_description.json"]
+
+
+def _write_simulation(path_for, sim, subject, tissues):
+    write_megre(path_for, subject, sim.magnitude, sim.phase, sim.te_s, sim.b0_t, sim.affine,
+                dataset_name="QSMLib simulated head")
+    chi, local, total, mask, dseg, dseg_tsv, r2star, description = truth_names(subject)
+    save_nifti(path_for(chi), sim.chi_ppm, sim.affine, description="true susceptibility (ppm)")
+    save_nifti(path_for(local), sim.local_field_ppm * hz_per_ppm(sim.b0_t), sim.affine,
+               description="true local field (Hz)")
+    save_nifti(path_for(total), sim.total_field_hz, sim.affine, description="total field (Hz)")
+    save_nifti(path_for(mask), sim.brain_mask, sim.affine, dtype=np.uint8)
+    save_nifti(path_for(dseg), sim.labels, sim.affine, dtype=np.uint8)
+    save_nifti(path_for(r2star), sim.r2star_hz, sim.affine, description="R2* (1/s)")
+    rows = ["index\tname\tsusceptibility_ppm\tr2star_3t_hz"]
+    rows += [f"{k}\t{t.name}\t{t.chi_ppm}\t{t.r2star_3t_hz}" for k, t in sorted(tissues.items())]
+    with open(path_for(dseg_tsv), "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    _write_json(path_for(description), {
+        "Name": "QSMLib simulation ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "QSMLib", "Version": __version__}],
+        "Units": {"Chimap": "ppm", "fieldmap": "Hz", "R2starmap": "1/s"}})
+
+
+def simulate_dataset(out_dir, *, voxel_size_mm=1.0, b0_t=3.0, te_s=None, snr=100.0, subject="01",
+                     b0_dir=None, seed=0, force=False):
+    """Simulate the head phantom and write it as a BIDS MEGRE dataset with its ground truth."""
+    from .simulation import load_head_phantom, simulate_gre
+
+    phantom = load_head_phantom(voxel_size_mm)
+    kwargs = {} if te_s is None else {"te_s": te_s}
+    names = megre_names(subject, len(te_s) if te_s is not None else 5) + truth_names(subject)
+    with OutputDirectory(out_dir, names, force=force) as stage:
+        sim = simulate_gre(phantom, b0_t=b0_t, snr=snr, b0_dir=b0_dir, seed=seed, **kwargs)
+        _write_simulation(stage.path, sim, subject, phantom.tissues)
+    return sim
+
+
+def demo_names():
+    """Relative paths that :func:`run_demo` writes."""
+    return (megre_names("01", 5, None) + truth_names("01")
+            + [f"qsm/{n}" for n in RUN_OUTPUTS] + ["report.html", "overview.png", "metrics.json"])
+
+
+def run_demo(out_dir, *, force=False, progress=None, config=None):
+    """Simulate the head, reconstruct it from the BIDS files, and report accuracy against the truth.
+
+    Writes the simulated BIDS dataset and its truth (``derivatives/truth``), the
+    maps under ``qsm/`` and ``report.html``, ``overview.png`` and
+    ``metrics.json`` at the top.
+    """
+    from .simulation import load_head_phantom, simulate_gre
+
+    config = (config or PipelineConfig()).validate()
+    with OutputDirectory(out_dir, demo_names(), force=force) as stage:
+        start = time.perf_counter()
+        phantom = load_head_phantom(1.0)
+        sim = simulate_gre(phantom)
+        _write_simulation(stage.path, sim, "01", phantom.tissues)
+        log.info("simulated the 1 mm head phantom (%d echoes, %.0f T) in %.1f s",
+                 len(sim.te_s), sim.b0_t, time.perf_counter() - start)
+        bids_root = os.path.dirname(stage.path("dataset_description.json"))
+        result = _run_into(stage, "qsm/", magnitude_files=None, phase_files=None, te_s=None, b0_t=None,
+                           bids_dir=bids_root, subject="01", session=None, total_field_file=None,
+                           local_field_file=None, mask_file=None, reference_mask_file=None, config=config,
+                           b0_dir=None, phase_sign=1, phase_unwrapped=False, progress=progress)
+        metrics = accuracy_metrics(result.chi_ppm, sim.chi_ppm, result.mask, sim.labels, phantom.tissues)
+        metrics["reconstruction_time_s"] = result.provenance["total_time_s"]
+        metrics["mask_voxels"] = result.provenance["mask_voxels"]
+        metrics["true_brain_voxels"] = int(sim.brain_mask.sum())
+        _write_json(stage.path("metrics.json"), metrics)
+        _write_report(stage, result, sim, metrics)
+    return result, metrics
+
+
+def accuracy_metrics(chi, chi_true, mask, labels, tissues):
+    """NRMSE, HFEN and deep grey matter errors against the truth, inside ``mask``."""
+    names = {k: t.name for k, t in tissues.items() if t.name in DGM_STRUCTURES}
+    errors = region_errors(chi, chi_true, labels, names, mask)
+    truth_ref, _ = reference_whole_brain(chi_true, mask)
+    means = {names[k]: float(truth_ref[(labels == k) & mask].mean()) for k in names if ((labels == k) & mask).any()}
+    return {"nrmse_percent": nrmse(chi, chi_true, mask), "hfen_percent": hfen(chi, chi_true, mask),
+            "dgm_error_ppm": errors, "dgm_true_ppm": means,
+            "dgm_max_abs_error_ppm": max(abs(e) for e in errors.values()),
+            "dgm_mean_abs_error_ppm": float(np.mean([abs(e) for e in errors.values()]))}
+
+
+def _write_report(stage, result, sim, metrics):
+    truth_ref, _ = reference_whole_brain(sim.chi_ppm, result.mask)
+    first_echo = sim.magnitude[..., 0]
+    maps = [("first-echo magnitude", first_echo, "grey"), ("true susceptibility", truth_ref, "chi"),
+            ("reconstructed susceptibility", result.chi_ppm, "chi"),
+            ("error (reconstructed - true)", np.where(result.mask, result.chi_ppm - truth_ref, 0), "chi")]
+    write_png(stage.path("overview.png"), overview_image(maps, result.mask, sim.voxel_size_mm))
+    stages = [(s["stage"], s["method"], s.get("iterations", ""), s["time_s"]) for s in result.provenance["stages"]]
+    dgm = [(name, metrics["dgm_true_ppm"][name], metrics["dgm_true_ppm"][name] + err, err)
+           for name, err in metrics["dgm_error_ppm"].items()]
+    summary = [("NRMSE (%)", metrics["nrmse_percent"]), ("HFEN (%)", metrics["hfen_percent"]),
+               ("worst deep grey matter error (ppm)", metrics["dgm_max_abs_error_ppm"]),
+               ("reconstruction time (s)", metrics["reconstruction_time_s"]),
+               ("brain voxels kept / true brain voxels",
+                f"{metrics['mask_voxels']['final']} / {metrics['true_brain_voxels']}")]
+    page = html_report("QSMLib demo: simulated head, 1 mm, 3 T, 5 echoes", "overview.png",
+                       [m[0] for m in maps],
+                       [("Accuracy against the ground truth", ("metric", "value"), summary),
+                        ("Deep grey matter, whole-brain referenced (ppm)", ("structure", "true", "reconstructed", "error"), dgm),
+                        ("Pipeline stages", ("stage", "method", "iterations", "time (s)"), stages)],
+                       notes=result.provenance["warnings"])
+    write_text(stage.path("report.html"), page)
