@@ -29,7 +29,8 @@ import numpy as np
 from scipy import ndimage, special
 
 from ..errors import QSMInputError
-from ..unwrap.reliability import TWO_PI, unwrap_reliability, wrap_to_pi
+from ..phase import TWO_PI, wrap_to_pi
+from ..unwrap.reliability import unwrap_reliability
 from ..validation import as_mask, as_volume, as_voxel_size, check_echo_times
 
 #: Weights are floored at this fraction of the median first-echo |S|^2 in the mask,

@@ -4,8 +4,8 @@ from .bids import find_megre, megre_names, write_megre
 from .multiecho import MultiEchoData, load_echo_series, load_field, load_mask, load_multi_echo
 from .nifti import load_nifti, save_nifti
 from .output import OutputDirectory
-from .phase_scaling import phase_to_radians, wrap_to_pi
+from .phase_scaling import phase_to_radians
 
 __all__ = ["MultiEchoData", "OutputDirectory", "find_megre", "load_echo_series", "load_field",
            "load_mask", "load_multi_echo", "load_nifti", "megre_names", "phase_to_radians",
-           "save_nifti", "wrap_to_pi", "write_megre"]
+           "save_nifti", "write_megre"]

@@ -9,15 +9,11 @@ Input that cannot be phase (for example a magnitude image) is refused.
 import numpy as np
 
 from ..errors import QSMInputError
+from ..phase import wrap_to_pi
 
 _TOL = 1e-3
 #: Phase spanning less than this (radians) is taken to be in other units.
 MIN_RADIAN_SPAN = 0.5
-
-
-def wrap_to_pi(phase):
-    """Wrap radians to [-pi, pi)."""
-    return ((phase + np.pi) % (2 * np.pi) - np.pi).astype(np.float32, copy=False)
 
 
 def _is_integer_valued(values):
@@ -96,6 +92,6 @@ def phase_to_radians(phase, name="phase"):
             f"{name}: values from {low:g} to {high:g} do not look like phase (too few voxels near "
             "the top of the range, as in a magnitude image); check that --phase and --mag are "
             "not swapped, or convert the phase to radians yourself")
-    phase_rad = wrap_to_pi(values * scale + offset)
+    phase_rad = wrap_to_pi(values * scale + offset, np.float32)
     return phase_rad, {"detected": detected, "scale": float(scale), "offset": float(offset),
                        "range": [low, high]}

@@ -17,6 +17,7 @@ import numpy as np
 from ..constants import ppm_to_hz
 from ..dipole import b0_direction_from_affine, dipole_convolve
 from ..errors import QSMInputError
+from ..phase import wrap_to_pi
 from ..validation import as_b0_dir, check_b0, check_echo_times
 from .phantom import load_head_phantom, susceptibility_map
 
@@ -211,13 +212,13 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
         phi = offset + np.float32(2.0 * np.pi * t) * field_hz
         if noise_free:
             magnitude[..., echo] = mag
-            phase[..., echo] = wrap_phase(phi)
+            phase[..., echo] = wrap_to_pi(phi, np.float32)
         else:
             signal = mag * np.exp(1j * phi.astype(np.complex64))
             signal.real += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
             signal.imag += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
             magnitude[..., echo] = np.abs(signal)
-            phase[..., echo] = wrap_phase(np.angle(signal))
+            phase[..., echo] = wrap_to_pi(np.angle(signal), np.float32)
 
     return SimulatedGRE(
         magnitude=magnitude, phase=phase, te_s=te, b0_t=b0_t, affine=affine,
@@ -225,13 +226,6 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
         local_field_ppm=local_ppm, total_field_hz=field_hz, brain_mask=mask.copy(),
         labels=labels.copy(), r2star_hz=r2star, phase_offset_rad=offset, noise_sd=noise_sd)
 
-
-def wrap_phase(phase):
-    """Wrap radians to [-pi, pi) as float32 (the float32 upper bound is float32(pi), excluded)."""
-    wrapped = np.mod(np.asarray(phase, dtype=np.float64) + np.pi, 2.0 * np.pi) - np.pi
-    wrapped = wrapped.astype(np.float32)
-    wrapped[wrapped >= np.float32(np.pi)] = -np.float32(np.pi)
-    return wrapped
 
 
 def affine_with_b0_direction(affine, b0_dir):

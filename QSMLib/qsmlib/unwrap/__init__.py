@@ -10,6 +10,6 @@ and returns the unwrapped phase in radians as float32, 0 outside the mask.
 """
 
 from .laplacian import unwrap_laplacian
-from .reliability import unwrap_reliability, wrap_to_pi
+from .reliability import unwrap_reliability
 
-__all__ = ["unwrap_laplacian", "unwrap_reliability", "wrap_to_pi"]
+__all__ = ["unwrap_laplacian", "unwrap_reliability"]

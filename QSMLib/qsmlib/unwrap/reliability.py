@@ -22,16 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..masking import bounding_box
+from ..phase import TWO_PI, wrap_to_pi
 from ..validation import as_mask, as_volume, as_voxel_size
-
-TWO_PI = 2.0 * np.pi
-
-
-def wrap_to_pi(phase):
-    """Wrap radians to [-pi, pi) in the input's float precision (a new array)."""
-    phase = np.asarray(phase)
-    return phase - TWO_PI * np.floor((phase + np.pi) / TWO_PI)
-
 
 def unwrap_reliability(phase, mask=None, voxel_size=(1, 1, 1)):
     """Unwrap a 3D phase image exactly by quality-guided (reliability) path following.
