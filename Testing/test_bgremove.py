@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from qsmlib import Cancelled, QSMInputError
 from qsmlib.bgremove import pdf, sharp, vsharp
-from qsmlib.bgremove.smv import (erode_mask, smv_filter, smv_kernel, smv_padded_shape,
-                                 sphere_structure, truncated_inverse)
+from qsmlib.bgremove.smv import smv_filter, smv_kernel, truncated_inverse
+from qsmlib.masking import erode_mask, sphere_padded_shape, sphere_structure
 from qsmlib.bgremove.vsharp import default_radii_mm
 from qsmlib.dipole import dipole_convolve
 
@@ -84,7 +84,7 @@ def test_smv_kernel_matches_direct_fourier_sum_and_is_cached():
 def test_smv_of_harmonic_polynomials_is_exact_and_of_r2_is_its_sphere_mean():
     shape, radius = (40, 40, 40), 4.0
     x, y, z = [a.astype(np.float64) for a in _grid(shape)]
-    padded = smv_padded_shape(shape, VOXEL, radius)
+    padded = sphere_padded_shape(shape, VOXEL, radius)
     kernel = smv_kernel(padded, VOXEL, radius)
     inner = (slice(8, 32),) * 3  # spheres there do not reach the volume's edge
     for harmonic in (2 * x - y + 0.5 * z, x * y - 3 * y * z, x ** 2 - z ** 2, x * y * z,

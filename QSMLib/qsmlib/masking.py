@@ -228,12 +228,47 @@ def sphere_structure(voxel_size, radius_mm):
     """Boolean sphere of ``radius_mm`` sampled on the voxel grid (odd size per axis).
 
     A voxel belongs to it when its centre lies within ``radius_mm`` of the
-    centre voxel; anisotropic voxels give an ellipsoid of voxel indices.
+    centre voxel; anisotropic voxels give an ellipsoid of voxel indices. This
+    one sampled sphere serves mask morphology and the SMV kernel of the
+    background-removal methods, so erosion and filtering agree voxel for voxel.
     """
     return _sphere_structure(as_voxel_size(voxel_size), _as_radius(radius_mm, "radius_mm"))
 
 
-def erode_mask(mask, voxel_size, radius_mm):
+def sphere_padded_shape(shape, voxel_size, radius_mm):
+    """Fast FFT grid for convolving a volume of ``shape`` with the sphere, without wrap-around.
+
+    The volume sits at the start of the grid followed by at least the sphere's
+    half-width plus one zeros per axis, and the grid holds the whole sphere.
+    """
+    half = [(n - 1) // 2 for n in sphere_structure(voxel_size, radius_mm).shape]
+    pads = [max(h + 1, 2 * h + 1 - int(n)) for h, n in zip(half, shape)]
+    return fourier.padded_shape(shape, pads)
+
+
+def sphere_spectrum(shape, voxel_size, radius_mm, *, normalized=False):
+    """Real FFT (rfft layout, float32, read-only, cached) of the sphere centred on voxel 0.
+
+    ``shape`` is the real-space (padded) grid. With ``normalized`` the sphere
+    sums to one: that is the spherical mean value (SMV) kernel.
+
+    Raises
+    ------
+    QSMInputError
+        If the sphere does not fit in ``shape``.
+    """
+    shape = tuple(int(n) for n in shape)
+    voxel_size = as_voxel_size(voxel_size)
+    radius_mm = _as_radius(radius_mm, "radius_mm")
+    ball_shape = _sphere_structure(voxel_size, radius_mm).shape
+    if len(shape) != 3 or any(b > n for b, n in zip(ball_shape, shape)):
+        raise QSMInputError(f"radius_mm: a sphere of {radius_mm} mm ({ball_shape[0]} x {ball_shape[1]} x "
+                            f"{ball_shape[2]} voxels) does not fit in a grid of shape {shape}; "
+                            "use a smaller radius")
+    return _sphere_spectrum(shape, voxel_size, radius_mm, bool(normalized))
+
+
+def erode_mask(mask, voxel_size, radius_mm, *, padded_shape=None, mask_ft=None):
     """Erode a boolean mask by a sphere of ``radius_mm`` (outside the volume counts as background).
 
     Parameters
@@ -243,6 +278,11 @@ def erode_mask(mask, voxel_size, radius_mm):
         Voxel size in mm.
     radius_mm : float
         Sphere radius in mm; 0 returns a copy.
+    padded_shape : tuple of 3 int, optional
+        FFT grid; default :func:`sphere_padded_shape`.
+    mask_ft : ndarray, optional
+        ``fourier.rfft(mask, padded_shape)`` when already computed (V-SHARP
+        erodes one mask by several radii).
 
     Returns
     -------
@@ -254,7 +294,8 @@ def erode_mask(mask, voxel_size, radius_mm):
     if ball.size == 1:
         return mask.copy()
     count = int(ball.sum())
-    return (_sphere_sum(mask, voxel_size, radius_mm) > count - 0.5) & mask
+    total = _sphere_sum(mask, voxel_size, radius_mm, padded_shape, mask_ft)
+    return (total > count - 0.5) & mask
 
 
 def dilate_mask(mask, voxel_size, radius_mm):
@@ -297,13 +338,24 @@ def fill_holes_3d_and_slices(mask):
 
 
 def bounding_box(mask):
-    """Slices of the smallest box that holds every voxel of a non-empty ``mask``."""
+    """Slices of the smallest box that holds every voxel of a non-empty ``mask``.
+
+    Stages that only need the brain work on this box (padded) rather than the
+    whole field of view, which saves FFT time and memory.
+    """
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         hits = np.flatnonzero(np.any(mask, axis=other))
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     return tuple(box)
+
+
+def uncrop(array, box, shape):
+    """Place ``array`` at ``box`` in a zero array of ``shape`` (the inverse of ``array[box]``)."""
+    out = np.zeros(shape, dtype=array.dtype)
+    out[box] = array
+    return out
 
 
 def _brain_body(candidate, voxel_size):
@@ -396,25 +448,23 @@ def _sphere_structure(voxel_size, radius_mm):
     return ball
 
 
-def _sphere_sum(mask, voxel_size, radius_mm):
+def _sphere_sum(mask, voxel_size, radius_mm, padded_shape=None, mask_ft=None):
     """Number of ``mask`` voxels in the sphere around each voxel (float32, FFT convolution)."""
-    half = [(n - 1) // 2 for n in _sphere_structure(voxel_size, radius_mm).shape]
-    # Padding by the half-width keeps the circular convolution from wrapping;
-    # the grid must also hold the whole sphere.
-    pads = [max(h, 2 * h + 1 - n) for h, n in zip(half, mask.shape)]
-    shape = fourier.padded_shape(mask.shape, pads)
-    kernel = _sphere_spectrum(shape, voxel_size, radius_mm)
-    total = fourier.irfft(fourier.rfft(mask.astype(np.float32), shape) * kernel, shape)
+    if padded_shape is None:
+        padded_shape = sphere_padded_shape(mask.shape, voxel_size, radius_mm)
+    if mask_ft is None:
+        mask_ft = fourier.rfft(mask.astype(np.float32), padded_shape)
+    kernel = sphere_spectrum(padded_shape, voxel_size, radius_mm)
+    total = fourier.irfft(mask_ft * kernel, padded_shape)
     return fourier.crop(total, mask.shape)
 
 
-@lru_cache(maxsize=4)
-def _sphere_spectrum(shape, voxel_size, radius_mm):
-    """Real FFT (float32, read-only) of the sphere centred on voxel 0 of the periodic ``shape``."""
+@lru_cache(maxsize=8)
+def _sphere_spectrum(shape, voxel_size, radius_mm, normalized):
     ball = _sphere_structure(voxel_size, radius_mm)
     offsets = [idx - (n - 1) // 2 for idx, n in zip(np.nonzero(ball), ball.shape)]
     sphere = np.zeros(shape, dtype=np.float32)
-    sphere[tuple(o % n for o, n in zip(offsets, shape))] = 1.0
+    sphere[tuple(o % n for o, n in zip(offsets, shape))] = 1.0 / offsets[0].size if normalized else 1.0
     spectrum = fourier.rfft(sphere).real.astype(np.float32)
     spectrum.setflags(write=False)
     return spectrum

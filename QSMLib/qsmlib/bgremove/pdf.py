@@ -5,8 +5,8 @@ import numpy as np
 from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
+from ..masking import bounding_box
 from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
-from .smv import bounding_box
 
 #: Default width in mm of the source region added around the mask's bounding box.
 DEFAULT_PAD_MM = 30.0

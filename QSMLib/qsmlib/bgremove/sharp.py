@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import fourier
 from ..validation import as_mask, as_volume, as_voxel_size
+from ..masking import bounding_box, erode_mask, sphere_padded_shape, uncrop
 from . import smv
 
 
@@ -57,11 +58,11 @@ def sharp(field, mask, voxel_size, *, radius_mm=6.0, threshold=0.05):
     threshold = smv.check_threshold(threshold)
 
     # Work on the mask's bounding box, padded so that the sphere never wraps around.
-    box = smv.bounding_box(mask)
+    box = bounding_box(mask)
     box_mask = mask[box]
-    padded = smv.smv_padded_shape(box_mask.shape, voxel_size, radius_mm)
+    padded = sphere_padded_shape(box_mask.shape, voxel_size, radius_mm)
     kernel = smv.smv_kernel(padded, voxel_size, radius_mm)
-    eroded = smv.erode_mask(box_mask, voxel_size, radius_mm, padded_shape=padded)
+    eroded = erode_mask(box_mask, voxel_size, radius_mm, padded_shape=padded)
     smv.check_not_empty(eroded, f"radius_mm={radius_mm}")
 
     spectrum = fourier.rfft(np.where(box_mask, field[box], np.float32(0)), padded)
@@ -70,4 +71,4 @@ def sharp(field, mask, voxel_size, *, radius_mm=6.0, threshold=0.05):
     highpassed *= eroded
     local = smv.smv_deconvolve(highpassed, kernel, padded, threshold)
     local *= eroded
-    return smv.uncrop(local, box, field.shape), smv.uncrop(eroded, box, field.shape)
+    return uncrop(local, box, field.shape), uncrop(eroded, box, field.shape)

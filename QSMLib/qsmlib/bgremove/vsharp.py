@@ -5,6 +5,7 @@ import numpy as np
 from .. import fourier
 from ..errors import QSMInputError
 from ..validation import as_mask, as_volume, as_voxel_size
+from ..masking import bounding_box, erode_mask, sphere_padded_shape, uncrop
 from . import smv
 
 #: Largest default sphere radius in mm.
@@ -93,17 +94,17 @@ def vsharp(field, mask, voxel_size, *, radii_mm=None, threshold=0.05):
     radii = _check_radii(default_radii_mm(voxel_size) if radii_mm is None else radii_mm)
 
     # Work on the mask's bounding box, padded so that no sphere wraps around.
-    box = smv.bounding_box(mask)
+    box = bounding_box(mask)
     box_mask = mask[box]
     shape = box_mask.shape
-    padded = smv.smv_padded_shape(shape, voxel_size, radii[0])
+    padded = sphere_padded_shape(shape, voxel_size, radii[0])
     spectrum = fourier.rfft(np.where(box_mask, field[box], np.float32(0)), padded)
     mask_ft = fourier.rfft(box_mask.astype(np.float32), padded)
     combined = np.zeros(shape, dtype=np.float32)
     assigned = np.zeros(shape, dtype=bool)
     for radius in radii:
         kernel = smv.smv_kernel(padded, voxel_size, radius)
-        eroded = smv.erode_mask(box_mask, voxel_size, radius, padded_shape=padded,
+        eroded = erode_mask(box_mask, voxel_size, radius, padded_shape=padded,
                                 mask_ft=mask_ft)
         # Spheres are nested, so each erosion holds those by larger radii.
         new = eroded & ~assigned
@@ -117,7 +118,7 @@ def vsharp(field, mask, voxel_size, *, radii_mm=None, threshold=0.05):
     largest = smv.smv_kernel(padded, voxel_size, radii[0])
     local = smv.smv_deconvolve(combined, largest, padded, threshold)
     local *= mask_out
-    return smv.uncrop(local, box, field.shape), smv.uncrop(mask_out, box, field.shape)
+    return uncrop(local, box, field.shape), uncrop(mask_out, box, field.shape)
 
 
 def _check_radii(radii_mm):

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import QSMInputError
 from ..fourier import pad, padded_shape
+from ..masking import bounding_box
 from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
 
 #: Default margin (voxels per axis) between the mask's bounding box and its
@@ -43,7 +44,7 @@ class WorkGrid:
         self.b0_dir = as_b0_dir(b0_dir)
         margin = _as_pad_voxels(pad_voxels)
         self.full_shape = field.shape
-        self.box = _bounding_box(self.mask)
+        self.box = bounding_box(self.mask)
         box_mask = self.mask[self.box]
         box_field = np.where(box_mask, field[self.box], np.float32(0))
         self.shape = padded_shape(box_field.shape, margin)
@@ -62,15 +63,6 @@ class WorkGrid:
         box = work[tuple(slice(0, n) for n in self.box_shape)]
         out[self.box] = np.where(self.mask[self.box], box, np.float32(0))
         return out
-
-
-def _bounding_box(mask):
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def _as_pad_voxels(pad_voxels, name="pad_voxels"):
