@@ -142,7 +142,8 @@ class StageRecorder:
             record["iterations"] = int(iteration)
             record["final_residual"] = float(residual)
             if max_iter:
-                self._report(stage, iteration / max_iter)
+                # 1.0 is reserved for the end of the stage
+                self._report(stage, min(iteration / max_iter, 0.99))
 
         yield callback, record
         record["time_s"] = round(time.perf_counter() - start, 3)

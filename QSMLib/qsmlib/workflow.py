@@ -20,7 +20,7 @@ from .errors import QSMInputError
 from .io import (OutputDirectory, find_megre, load_field, load_mask, load_multi_echo, megre_names,
                  save_nifti, write_megre)
 from .metrics import hfen, nrmse, region_errors
-from .pipeline import INVERSION_METHODS, PipelineConfig, method_parameters, reconstruct
+from .pipeline import INVERSION_METHODS, PipelineConfig, reconstruct
 from .reference import reference_whole_brain
 from .report import html_report, overview_image, write_png, write_text
 from .validation import as_b0_dir, check_b0
@@ -247,10 +247,14 @@ def run_demo(out_dir, *, force=False, progress=None, config=None):
                            bids_dir=bids_root, subject="01", session=None, total_field_file=None,
                            local_field_file=None, mask_file=None, reference_mask_file=None, config=config,
                            b0_dir=None, phase_sign=1, phase_unwrapped=False, progress=progress)
-        metrics = accuracy_metrics(result.chi_ppm, sim.chi_ppm, result.mask, sim.labels, phantom.tissues)
+        # Score only where both the map and the truth are defined: the automatic mask
+        # may also hold CSF and dura outside the phantom's brain mask.
+        scored = result.mask & sim.brain_mask
+        metrics = accuracy_metrics(result.chi_ppm, sim.chi_ppm, scored, sim.labels, phantom.tissues)
         metrics["reconstruction_time_s"] = result.provenance["total_time_s"]
         metrics["mask_voxels"] = result.provenance["mask_voxels"]
         metrics["true_brain_voxels"] = int(sim.brain_mask.sum())
+        metrics["scored_voxels"] = int(scored.sum())
         _write_json(stage.path("metrics.json"), metrics)
         _write_report(stage, result, sim, metrics)
     return result, metrics
@@ -269,7 +273,7 @@ def accuracy_metrics(chi, chi_true, mask, labels, tissues):
 
 
 def _write_report(stage, result, sim, metrics):
-    truth_ref, _ = reference_whole_brain(sim.chi_ppm, result.mask)
+    truth_ref, _ = reference_whole_brain(sim.chi_ppm, result.mask & sim.brain_mask)
     first_echo = sim.magnitude[..., 0]
     maps = [("first-echo magnitude", first_echo, "grey"), ("true susceptibility", truth_ref, "chi"),
             ("reconstructed susceptibility", result.chi_ppm, "chi"),
@@ -281,8 +285,8 @@ def _write_report(stage, result, sim, metrics):
     summary = [("NRMSE (%)", metrics["nrmse_percent"]), ("HFEN (%)", metrics["hfen_percent"]),
                ("worst deep grey matter error (ppm)", metrics["dgm_max_abs_error_ppm"]),
                ("reconstruction time (s)", metrics["reconstruction_time_s"]),
-               ("brain voxels kept / true brain voxels",
-                f"{metrics['mask_voxels']['final']} / {metrics['true_brain_voxels']}")]
+               ("voxels in the final mask / true brain voxels / scored (both)",
+                f"{metrics['mask_voxels']['final']} / {metrics['true_brain_voxels']} / {metrics['scored_voxels']}")]
     page = html_report("QSMLib demo: simulated head, 1 mm, 3 T, 5 echoes", "overview.png",
                        [m[0] for m in maps],
                        [("Accuracy against the ground truth", ("metric", "value"), summary),

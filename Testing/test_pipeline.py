@@ -1,0 +1,189 @@
+"""End to end: the pipeline and the qsm command on the simulated head against its ground truth."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qsmlib import Cancelled, pipeline
+from qsmlib.cli import EXIT_CANCELLED, main
+from qsmlib.constants import hz_per_ppm
+from qsmlib.dipole import b0_direction_from_affine
+from qsmlib.inversion import tv_admm
+from qsmlib.metrics import nrmse
+from qsmlib.pipeline import PipelineConfig, reconstruct
+from qsmlib.simulation import load_head_phantom, simulate_gre
+from qsmlib.workflow import DGM_STRUCTURES, accuracy_metrics, run_qsm
+
+#: The issue's acceptance bound on deep grey matter means after whole-brain referencing (ppm).
+DGM_TOLERANCE_PPM = 0.03
+
+
+def _load(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def head_2mm():
+    """The head phantom at 2 mm: small enough to run every stage in seconds."""
+    phantom = load_head_phantom(2.0)
+    return phantom, simulate_gre(phantom, seed=3)
+
+
+def _reconstruct(sim, **kwargs):
+    args = dict(magnitude=sim.magnitude, phase=sim.phase, te_s=sim.te_s, b0_t=sim.b0_t,
+                voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    args.update(kwargs)
+    return reconstruct(**args)
+
+
+def test_bids_run_recovers_deep_grey_matter_at_1mm(tmp_path, capsys):
+    """qsm simulate then qsm run --bids: DGM means within 0.03 ppm of the truth."""
+    bids = tmp_path / "bids"
+    assert main(["simulate", "--out", str(bids)]) == 0
+    assert main(["run", "--bids", str(bids), "--out", str(tmp_path / "out")]) == 0
+    chi = _load(tmp_path / "out" / "chi.nii.gz")
+    mask = _load(tmp_path / "out" / "mask.nii.gz") > 0
+    truth_dir = bids / "derivatives" / "truth" / "sub-01" / "anat"
+    chi_true = _load(truth_dir / "sub-01_Chimap.nii.gz")
+    brain = _load(truth_dir / "sub-01_desc-brain_mask.nii.gz") > 0
+    labels = _load(truth_dir / "sub-01_dseg.nii.gz").astype(int)
+    scored = mask & brain
+    assert scored.sum() > 0.95 * brain.sum()
+    metrics = accuracy_metrics(chi, chi_true, scored, labels, load_head_phantom(1.0).tissues)
+    assert set(metrics["dgm_error_ppm"]) == set(DGM_STRUCTURES)
+    assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM, metrics["dgm_error_ppm"]
+    # measured 56 % with the defaults; the bound catches a regression
+    assert metrics["nrmse_percent"] < 65
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["inputs"]["echo_times_s"] == [0.004, 0.010, 0.016, 0.022, 0.028]
+    assert provenance["detected"]["b0_dir"] == [0.0, 0.0, 1.0]
+    assert provenance["checks"]["phase_sign"]["ok"]
+    assert provenance["warnings"] == []
+    assert all(stage["time_s"] >= 0 for stage in provenance["stages"])
+    inversion = [s for s in provenance["stages"] if s["stage"] == "dipole inversion"][0]
+    assert inversion["method"] == "tv-admm" and 0 < inversion["iterations"] <= inversion["parameters"]["max_iter"]
+
+
+def test_demo_writes_maps_and_a_report_that_match_the_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert (out / "qsm" / "chi.nii.gz").exists()
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.html").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"{metrics['nrmse_percent']:.1f}" in report
+    # the metrics are those of the written map against the written truth
+    truth = out / "derivatives" / "truth" / "sub-01" / "anat"
+    chi = _load(out / "qsm" / "chi.nii.gz")
+    scored = (_load(out / "qsm" / "mask.nii.gz") > 0) & (_load(truth / "sub-01_desc-brain_mask.nii.gz") > 0)
+    assert nrmse(chi, _load(truth / "sub-01_Chimap.nii.gz"), scored) == pytest.approx(metrics["nrmse_percent"], rel=1e-4)
+    assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM
+    assert main(["demo", "--out", str(out)]) == 2  # no overwrite without --force
+
+
+def test_oblique_acquisition_uses_b0_from_the_affine(head_2mm):
+    phantom = head_2mm[0]
+    b0_dir = np.array([0.35, -0.2, 0.9])
+    b0_dir /= np.linalg.norm(b0_dir)
+    sim = simulate_gre(phantom, b0_dir=tuple(b0_dir), seed=4)
+    found = b0_direction_from_affine(sim.affine)
+    assert abs(abs(np.dot(found, b0_dir)) - 1) < 1e-9
+    right = _reconstruct(sim, b0_dir=found, mask=sim.brain_mask)
+    wrong = _reconstruct(sim, b0_dir=(0, 0, 1), mask=sim.brain_mask)
+    scored = right.mask & wrong.mask
+    right_error = nrmse(right.chi_ppm, sim.chi_ppm, scored)
+    wrong_error = nrmse(wrong.chi_ppm, sim.chi_ppm, scored)
+    assert right_error < 0.8 * wrong_error, (right_error, wrong_error)
+
+
+def test_every_entry_stage_gives_the_same_inversion(head_2mm):
+    _phantom, sim = head_2mm
+    full = _reconstruct(sim, mask=sim.brain_mask)
+    from_total = reconstruct(total_field_hz=full.total_field_hz, mask=sim.brain_mask, b0_t=sim.b0_t,
+                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    np.testing.assert_allclose(from_total.chi_ppm, full.chi_ppm, atol=1e-5)
+    from_local = reconstruct(local_field_hz=full.local_field_hz, mask=full.mask, b0_t=sim.b0_t,
+                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    np.testing.assert_allclose(from_local.chi_ppm, full.chi_ppm, atol=1e-5)
+    assert [s["stage"] for s in from_local.provenance["stages"]] == ["mask", "dipole inversion", "referencing"]
+    # the local-field entry is exactly tv_admm plus whole-brain referencing
+    direct = tv_admm(full.local_field_hz / hz_per_ppm(sim.b0_t), full.mask, sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    direct = np.where(full.mask, direct - direct[full.mask].mean(), 0)
+    np.testing.assert_allclose(from_local.chi_ppm, direct, atol=1e-5)
+    # unwrapped phase given as such skips unwrapping and gives the same field
+    unwrapped = sim.phase_offset_rad[..., None] + 2 * np.pi * sim.total_field_hz[..., None] * np.asarray(sim.te_s)
+    given = _reconstruct(sim, phase=unwrapped.astype(np.float32), mask=sim.brain_mask, phase_unwrapped=True)
+    inside = sim.brain_mask & (sim.magnitude[..., -1] > 0.2 * sim.magnitude[..., -1].max())
+    assert np.median(np.abs(given.total_field_hz - full.total_field_hz)[inside]) < 0.5
+
+
+def test_phase_sign_check_flags_inverted_phase(head_2mm):
+    _phantom, sim = head_2mm
+    normal = _reconstruct(sim, mask=sim.brain_mask)
+    flipped = _reconstruct(sim, phase=-sim.phase, mask=sim.brain_mask)
+    assert normal.provenance["checks"]["phase_sign"]["ok"]
+    assert normal.provenance["checks"]["phase_sign"]["median_chi_ppm"] > 0
+    assert not flipped.provenance["checks"]["phase_sign"]["ok"]
+    assert any("inverted" in w for w in flipped.provenance["warnings"])
+
+
+def test_cancel_from_progress_stops_and_writes_nothing(head_2mm, tmp_path):
+    _phantom, sim = head_2mm
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append((stage, fraction))
+        if stage == "dipole inversion" and fraction > 0:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        _reconstruct(sim, mask=sim.brain_mask, progress=progress)
+    assert ("background removal", 1.0) in seen
+    field = tmp_path / "local.nii.gz"
+    nib.save(nib.Nifti1Image(sim.local_field_ppm * hz_per_ppm(sim.b0_t), sim.affine), str(field))
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(sim.brain_mask.astype(np.uint8), sim.affine), str(mask))
+    with pytest.raises(Cancelled):
+        run_qsm(tmp_path / "out", local_field_file=field, mask_file=mask, b0_t=3.0, progress=progress)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_in_the_command_exits_130_without_outputs(head_2mm, tmp_path, monkeypatch, capsys):
+    _phantom, sim = head_2mm
+    field = tmp_path / "local.nii.gz"
+    nib.save(nib.Nifti1Image(sim.local_field_ppm, sim.affine), str(field))
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(sim.brain_mask.astype(np.uint8), sim.affine), str(mask))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline.INVERSION_METHODS, "tv-admm", interrupted)
+    status = main(["invert", "--local-field", str(field), "--unit", "ppm", "--mask", str(mask),
+                   "--out", str(tmp_path / "chi.nii.gz")])
+    assert status == EXIT_CANCELLED
+    assert "cancelled" in capsys.readouterr().err
+    assert not (tmp_path / "chi.nii.gz").exists()
+
+
+def test_real_scan_runs_with_rescaled_phase(shared_data, tmp_path, capsys):
+    """romeo-small: scaled 12-bit phase, no ground truth; finite maps and no 2 pi jumps."""
+    folder = shared_data / "romeo-small"
+    out = tmp_path / "romeo"
+    status = main(["run", "--mag", str(folder / "Mag.nii.gz"), "--phase", str(folder / "Phase.nii.gz"),
+                   "--te", "0.004", "0.008", "0.012", "--b0", "3", "--bgremove", "pdf", "--out", str(out)])
+    assert status == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert "arbitrary" in provenance["detected"]["phase_scaling"]["detected"]
+    chi = _load(out / "chi.nii.gz")
+    mask = _load(out / "mask.nii.gz") > 0
+    total = _load(out / "total_field.nii.gz")
+    assert mask.sum() > 0.5 * mask.size and np.all(np.isfinite(chi))
+    # the total field is smooth: neighbour steps far below one wrap (1 / (TE2 - TE1) = 250 Hz)
+    steps = np.abs(np.diff(total, axis=0))[mask[1:] & mask[:-1]]
+    assert np.percentile(steps, 99.9) < 50
+    # no ground truth: brain tissue lies within a few tenths of a ppm (veins may exceed it)
+    magnitude = np.abs(chi[mask])
+    assert np.median(magnitude) < 0.05 and np.percentile(magnitude, 99) < 0.3
