@@ -11,6 +11,7 @@ from a total field map, or from a local field map. It never reads or writes
 files (see :mod:`qsmlib.workflow`).
 """
 
+import functools
 import inspect
 import platform
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .bgremove import pdf, sharp, vsharp
-from .constants import hz_to_ppm, ppm_to_hz
+from .constants import hz_to_ppm
 from .errors import QSMInputError
 from .fieldmap import fit_multi_echo_field
 from .inversion import tikhonov, tkd, tv_admm
@@ -251,17 +252,17 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     brain = mask.copy()
 
     if local_field_hz is None and total_field_hz is None:
-        unwrap = None if phase_unwrapped else UNWRAP_METHODS[config.unwrap]
-        params = method_parameters(fit_multi_echo_field, {}, "echo fit")
-        method = ("weighted least-squares echo fit, phase given unwrapped" if phase_unwrapped else
-                  f"weighted least-squares echo fit, unwrap: {config.unwrap}")
-        if unwrap is not None:
-            params.update(unwrap=config.unwrap,
-                          **method_parameters(unwrap, options.get(config.unwrap, {}), config.unwrap))
-            unwrap_options = {k: v for k, v in params.items() if k in inspect.signature(unwrap).parameters}
-            unwrap = _bind(unwrap, unwrap_options)
-        with recorder.stage("total field", method, params):
+        if phase_unwrapped:
+            unwrap, params = None, {"unwrap": "none (phase given unwrapped)"}
+        else:
+            func = UNWRAP_METHODS[config.unwrap]
+            unwrap_params = method_parameters(func, options.get(config.unwrap, {}), config.unwrap)
+            unwrap = functools.partial(func, **unwrap_params)
+            params = {"unwrap": config.unwrap, **unwrap_params}
+        with recorder.stage("total field", "magnitude-weighted least-squares echo fit", params) as (_, record):
             fit = fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, unwrap=unwrap)
+            record["noise_sd"] = fit.noise_sd
+            record["noise_sd_source"] = fit.noise_sd_source
         total_field_hz = fit.field_hz
     elif total_field_hz is not None:
         total_field_hz = as_volume(total_field_hz, "total field")
@@ -319,12 +320,5 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                      mask=mask, brain_mask=brain, total_field_hz=total_field_hz, provenance=provenance)
 
 
-def _bind(func, options):
-    def bound(phase, mask=None, voxel_size=(1.0, 1.0, 1.0)):
-        return func(phase, mask, voxel_size, **options)
-    bound.__name__ = func.__name__
-    return bound
-
-
 __all__ = ["PipelineConfig", "QSMResult", "reconstruct", "phase_sign_check", "method_parameters",
-           "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS", "ppm_to_hz"]
+           "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS"]
