@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
+from scipy import ndimage
 
 from ..constants import ppm_to_hz
 from ..dipole import b0_direction_from_affine, dipole_convolve
@@ -28,6 +29,8 @@ RECEIVE_BIAS_PEAK = 0.2
 #: Field strength (T) of the tabulated R2* values; R2* scales linearly with B0.
 R2STAR_REFERENCE_B0_T = 3.0
 
+#: Gaussian SD (voxels) that band-limits the sources outside the brain.
+EXTERIOR_SMOOTHING_VOXELS = 1.0
 
 @dataclass
 class SimulatedGRE:
@@ -182,11 +185,22 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
     # Fields: the whole head relative to air (total), the brain alone (local truth).
     chi_water = susceptibility_map(phantom, texture_ppm=texture_ppm, seed=texture_seed)
     chi_air = np.float32(phantom.tissues[phantom.label_of("air")].chi_ppm)
-    total_ppm = dipole_convolve(np.where(head, chi_water - chi_air, np.float32(0)),
-                                voxel_size, b0_dir)
     chi_brain = np.where(mask, chi_water, np.float32(0))
+    brain_field_ppm = dipole_convolve(chi_brain, voxel_size, b0_dir)
+    local_ppm = np.where(mask, brain_field_ppm, np.float32(0))
+    # Every other source (tissue outside the brain, and the head relative to air)
+    # is band-limited outside the brain before the k-space convolution. Its sharp
+    # edges (9 ppm at air) otherwise make the discrete kernel ring, and the
+    # ringing is neither physical nor harmonic in the brain; with an oblique B0
+    # it rivals the local field. A radially symmetric blur leaves the field these
+    # sources make in the brain unchanged (mean value property of harmonic
+    # functions); inside the brain they stay as they are (a uniform -chi_air).
+    exterior = np.where(head, chi_water - chi_air, np.float32(0)) - chi_brain
     del chi_water
-    local_ppm = np.where(mask, dipole_convolve(chi_brain, voxel_size, b0_dir), np.float32(0))
+    exterior = np.where(mask, exterior, ndimage.gaussian_filter(exterior, EXTERIOR_SMOOTHING_VOXELS,
+                                                                 mode="constant"))
+    total_ppm = brain_field_ppm + dipole_convolve(exterior, voxel_size, b0_dir)
+    del exterior, brain_field_ppm
     if shim:
         total_ppm -= harmonic_shim_fit(total_ppm, mask, voxel_size)
     field_hz = ppm_to_hz(total_ppm, b0_t).astype(np.float32)
