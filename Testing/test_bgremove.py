@@ -200,11 +200,11 @@ def test_vsharp_erodes_by_its_smallest_sphere_and_one_radius_is_sharp(phantom):
     np.testing.assert_allclose(one_radius, sharp_local, atol=1e-6 * np.abs(field).max())
 
 
-def test_vsharp_default_radii_run_from_12_mm_to_one_voxel():
-    assert default_radii_mm((1.0, 1.0, 1.0)) == (12.0, 10.0, 8.0, 6.0, 4.0, 2.0, 1.0)
-    assert default_radii_mm((0.5, 0.5, 2.0)) == (12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
-    assert default_radii_mm((0.9, 0.9, 0.9)) == (12.0, 10.0, 8.0, 6.0, 4.0, 2.0, 0.9)
-    assert default_radii_mm((3.0, 3.0, 3.0)) == (12.0, 9.0, 6.0, 3.0)
+def test_vsharp_default_radii_run_from_18_mm_to_one_voxel():
+    assert default_radii_mm((1.0, 1.0, 1.0)) == (18.0, 16.0, 14.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0, 1.0)
+    assert default_radii_mm((0.5, 0.5, 2.0)) == (18.0, 16.0, 14.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
+    assert default_radii_mm((0.9, 0.9, 0.9)) == (18.0, 16.0, 14.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0, 0.9)
+    assert default_radii_mm((3.0, 3.0, 3.0)) == (18.0, 15.0, 12.0, 9.0, 6.0, 3.0)
 
 
 def test_vsharp_keeps_more_brain_than_sharp_with_its_largest_radius(phantom):
