@@ -90,3 +90,42 @@ def dipole_convolve(chi, voxel_size, b0_dir, *, pad_voxels=None):
     kernel = dipole_kernel(shape, voxel_size, b0_dir)
     field = fourier.irfft(kernel * fourier.rfft(chi, shape), shape)
     return np.ascontiguousarray(fourier.crop(field, chi.shape), dtype=np.float32)
+
+
+def point_dipole_convolve(chi, voxel_size, b0_dir, *, pad_voxels=None):
+    """Field of ``chi`` taken as one point dipole per voxel (real-space kernel).
+
+    Each voxel contributes ``chi V (3 cos^2 theta - 1) / (4 pi r^3)`` at distance
+    ``r`` and angle ``theta`` to B0, and nothing to itself (Lorentz-corrected).
+    Outside its sources the result is exactly harmonic at any B0 direction,
+    whereas the k-space kernel (:func:`dipole_convolve`) rings at sharp edges
+    when B0 is oblique. The simulation uses it for sources outside the brain;
+    both agree within about 1 % a few voxels away from a source.
+
+    Parameters and returns as :func:`dipole_convolve`.
+    """
+    chi = np.asarray(chi, dtype=np.float32)
+    if pad_voxels is None:
+        pad_voxels = default_padding(chi.shape)
+    shape = fourier.padded_shape(chi.shape, pad_voxels)
+    kernel = _point_dipole_kernel(shape, as_voxel_size(voxel_size), as_b0_dir(b0_dir))
+    field = fourier.irfft(kernel * fourier.rfft(chi, shape), shape)
+    return np.ascontiguousarray(fourier.crop(field, chi.shape), dtype=np.float32)
+
+
+@lru_cache(maxsize=2)
+def _point_dipole_kernel(shape, voxel_size, b0_dir):
+    """FFT of the sampled point-dipole field on the periodic grid ``shape`` (cached)."""
+    axes = []
+    for n, d in zip(shape, voxel_size):
+        index = np.arange(n)
+        axes.append(np.where(index > n // 2, index - n, index) * d)
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    r2 = x * x + y * y + z * z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos2 = (x * b0_dir[0] + y * b0_dir[1] + z * b0_dir[2]) ** 2 / r2
+        kernel = (3.0 * cos2 - 1.0) / (4.0 * np.pi * r2 ** 1.5) * float(np.prod(voxel_size))
+    kernel[0, 0, 0] = 0.0
+    spectrum = fourier.rfft(kernel.astype(np.float32))
+    spectrum.setflags(write=False)
+    return spectrum

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
-from scipy import ndimage
 
 from ..constants import ppm_to_hz
-from ..dipole import b0_direction_from_affine, dipole_convolve
+from ..dipole import b0_direction_from_affine, dipole_convolve, point_dipole_convolve
 from ..errors import QSMInputError
 from ..phase import wrap_to_pi
 from ..validation import as_b0_dir, check_b0, check_echo_times
@@ -29,8 +28,6 @@ RECEIVE_BIAS_PEAK = 0.2
 #: Field strength (T) of the tabulated R2* values; R2* scales linearly with B0.
 R2STAR_REFERENCE_B0_T = 3.0
 
-#: Gaussian SD (voxels) that band-limits the sources outside the brain.
-EXTERIOR_SMOOTHING_VOXELS = 1.0
 
 @dataclass
 class SimulatedGRE:
@@ -189,17 +186,13 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
     brain_field_ppm = dipole_convolve(chi_brain, voxel_size, b0_dir)
     local_ppm = np.where(mask, brain_field_ppm, np.float32(0))
     # Every other source (tissue outside the brain, and the head relative to air)
-    # is band-limited outside the brain before the k-space convolution. Its sharp
-    # edges (9 ppm at air) otherwise make the discrete kernel ring, and the
-    # ringing is neither physical nor harmonic in the brain; with an oblique B0
-    # it rivals the local field. A radially symmetric blur leaves the field these
-    # sources make in the brain unchanged (mean value property of harmonic
-    # functions); inside the brain they stay as they are (a uniform -chi_air).
+    # acts as point dipoles: with sharp edges (9 ppm at air) the k-space kernel
+    # rings, and at an oblique B0 that ringing, neither physical nor harmonic in
+    # the brain, rivals the local field. A sum of dipoles outside the brain is
+    # exactly harmonic inside it, whatever the B0 direction.
     exterior = np.where(head, chi_water - chi_air, np.float32(0)) - chi_brain
     del chi_water
-    exterior = np.where(mask, exterior, ndimage.gaussian_filter(exterior, EXTERIOR_SMOOTHING_VOXELS,
-                                                                 mode="constant"))
-    total_ppm = brain_field_ppm + dipole_convolve(exterior, voxel_size, b0_dir)
+    total_ppm = brain_field_ppm + point_dipole_convolve(exterior, voxel_size, b0_dir)
     del exterior, brain_field_ppm
     if shim:
         total_ppm -= harmonic_shim_fit(total_ppm, mask, voxel_size)
