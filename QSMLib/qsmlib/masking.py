@@ -34,6 +34,11 @@ TISSUE_FRACTION = 0.25
 #: the tissue level), at least NOISE_FACTOR times the background median.
 BACKGROUND_FRACTION = 0.1
 NOISE_FACTOR = 3.0
+#: Final erosion (mm). The mask's outer shell touches bone and air, where the
+#: field changes fastest and background removal fails; QSM tools erode it away.
+#: On the simulated head 2 mm brought NRMSE from 54-58 % to 51-53 % (1 mm voxels,
+#: axial and 21 degree B0) and kept 98.9 % of the brain.
+DEFAULT_ERODE_MM = 2.0
 #: Upper percentile of the intensities kept for the threshold histogram
 #: (bright vessels and fat would otherwise stretch it).
 HISTOGRAM_PERCENTILE = 99.5
@@ -49,7 +54,7 @@ _SURFACE_TOLERANCE = 1e-6
 
 
 def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPENING_MM,
-               erode_mm=0.0, fill_holes=True, separate_neck=True):
+               erode_mm=DEFAULT_ERODE_MM, fill_holes=True, separate_neck=True):
     """Extract the brain from a gradient-echo magnitude image.
 
     Steps:
