@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qsmlib import QSMInputError
-from qsmlib.fieldmap import fit_multi_echo_field
+from qsmlib.fieldmap import fit_multi_echo_field, trusted_field_mask
 from qsmlib.unwrap import unwrap_laplacian
 
 SHAPE = (40, 44, 36)
@@ -197,3 +197,19 @@ def test_phase_given_unwrapped_is_fitted_as_it_is():
                                   unwrap=None)
     expected = field + (offset + 4 * np.pi) / (2 * np.pi * TE_S[2])
     assert np.abs(single.field_hz - expected)[mask].max() < 1e-2
+
+
+def test_voxels_without_signal_are_not_trusted():
+    field, offset, mask, r2star = known_maps()
+    magnitude, phase = gre_signal(field, offset, r2star, TE_S)
+    rng = np.random.default_rng(5)
+    noisy = magnitude + rng.normal(0, 0.01 * magnitude[mask].mean(), magnitude.shape)
+    dark = np.zeros(mask.shape, dtype=bool)
+    dark[tuple(rng.integers(0, min(mask.shape), size=(3, 20)))] = True
+    dark &= mask
+    noisy[dark] = np.abs(rng.normal(0, 0.01 * magnitude[mask].mean(), (dark.sum(), len(TE_S))))
+    phase = np.where(dark[..., None], rng.uniform(-np.pi, np.pi, phase.shape), phase)
+    fit = fit_multi_echo_field(np.abs(noisy), wrapped(phase), TE_S, mask, VOXEL_SIZE)
+    trusted = trusted_field_mask(fit, mask)
+    assert not trusted[dark].any()
+    assert trusted[mask & ~dark].mean() > 0.999

@@ -25,7 +25,7 @@ from . import __version__
 from .bgremove import pdf, sharp, vsharp
 from .constants import hz_to_ppm
 from .errors import QSMInputError
-from .fieldmap import fit_multi_echo_field
+from .fieldmap import fit_multi_echo_field, trusted_field_mask
 from .inversion import tikhonov, tkd, tv_admm
 from .masking import brain_mask
 from .reference import reference_to_region
@@ -57,6 +57,9 @@ class PipelineConfig:
     reference: str = "brain"
     options: Dict[str, dict] = field(default_factory=dict)
     check_phase_sign: bool = True
+    #: Leave voxels whose fitted field is noise out of the data terms (see
+    #: :func:`qsmlib.fieldmap.trusted_field_mask`); they keep a susceptibility value.
+    exclude_untrusted_field: bool = True
 
     def validate(self):
         for stage, value, choices in (("unwrap", self.unwrap, UNWRAP_METHODS),
@@ -250,6 +253,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         mask = as_mask(mask, shape)
         recorder.stages.append({"stage": "mask", "method": "given", "parameters": {}, "time_s": 0.0})
     brain = mask.copy()
+    trusted = None  # voxels whose field is trusted, when the echo fit tells
 
     if local_field_hz is None and total_field_hz is None:
         if phase_unwrapped:
@@ -263,7 +267,16 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             fit = fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, unwrap=unwrap)
             record["noise_sd"] = fit.noise_sd
             record["noise_sd_source"] = fit.noise_sd_source
+            if config.exclude_untrusted_field:
+                trusted = trusted_field_mask(fit, mask)
+                record["untrusted_voxels"] = int((mask & ~trusted).sum())
         total_field_hz = fit.field_hz
+        if config.bgremove == "pdf" and "weights" not in options.get("pdf", {}):
+            # noise weighting of the fit (Liu et al. 2011), untrusted voxels left out
+            weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
+            weights /= np.median(weights[mask])
+            options = dict(options, pdf=dict(options.get("pdf", {}),
+                                             weights=np.where(mask if trusted is None else trusted, weights, 0)))
     elif total_field_hz is not None:
         total_field_hz = as_volume(total_field_hz, "total field")
 
@@ -280,6 +293,8 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
 
     func = INVERSION_METHODS[config.inversion]
     params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
+    if trusted is not None and params.get("data_mask", False) is None:
+        params["data_mask"] = trusted
     with recorder.stage("dipole inversion", config.inversion, params) as (callback, _):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
         chi = _call(func, (field_ppm, mask, voxel_size), params, b0_dir, callback)

@@ -5,6 +5,6 @@
   first echo difference and temporal unwrapping of later echoes.
 """
 
-from .echo_fit import EchoFitResult, fit_multi_echo_field
+from .echo_fit import EchoFitResult, fit_multi_echo_field, trusted_field_mask
 
-__all__ = ["EchoFitResult", "fit_multi_echo_field"]
+__all__ = ["EchoFitResult", "fit_multi_echo_field", "trusted_field_mask"]

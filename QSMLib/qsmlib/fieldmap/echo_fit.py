@@ -384,3 +384,35 @@ def _to_volume(values, mask):
     out = np.zeros(mask.shape, dtype=np.float32)
     out[mask] = values
     return out
+
+
+#: A voxel's field is not trusted when its noise SD exceeds this multiple of the median in the mask ...
+UNTRUSTED_SD_FACTOR = 10.0
+#: ... or when its relative fit residual exceeds this (phase not linear in TE: no signal, flow).
+UNTRUSTED_RESIDUAL = 0.3
+
+
+def trusted_field_mask(fit, mask, *, sd_factor=UNTRUSTED_SD_FACTOR, max_residual=UNTRUSTED_RESIDUAL):
+    """Voxels of ``mask`` whose fitted field can be trusted.
+
+    Voxels without signal (calcification, haemorrhage, dark veins at late
+    echoes) get a field estimate that is mostly noise, often hundreds of Hz
+    off; in a k-space inversion each one spreads a dipole-shaped streak. They
+    are recognised by a noise SD far above the brain's typical value (10
+    times the median: a tenth of the typical signal) or a relative residual
+    showing that the phase does not evolve linearly with TE.
+
+    Parameters
+    ----------
+    fit : EchoFitResult
+        Result of :func:`fit_multi_echo_field`.
+    mask : ndarray of bool
+        The mask the fit was done in.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    mask = as_mask(mask, fit.field_hz.shape)
+    limit = sd_factor * float(np.median(fit.field_sd_hz[mask]))
+    return mask & (fit.field_sd_hz <= limit) & (fit.residual <= max_residual)

@@ -53,8 +53,12 @@ class WorkGrid:
 
     def inside(self):
         """The mask on the padded grid (bool)."""
+        return self.on_grid(self.mask)
+
+    def on_grid(self, image_mask):
+        """A full-image boolean map, restricted to the mask, on the padded grid."""
         out = np.zeros(self.shape, dtype=bool)
-        out[tuple(slice(0, n) for n in self.box_shape)] = self.mask[self.box]
+        out[tuple(slice(0, n) for n in self.box_shape)] = image_mask[self.box] & self.mask[self.box]
         return out
 
     def to_image(self, work):

@@ -38,6 +38,7 @@ import numpy as np
 from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
+from ..validation import as_mask
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid, positive_float
 from .gradient import backward_divergence, forward_differences, gradient_norm_squared
 
@@ -60,7 +61,7 @@ DEFAULT_TV_TOL = 5e-3
 
 def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAMBDA,
             rho=DEFAULT_TV_RHO, max_iter=DEFAULT_TV_MAX_ITER, tol=DEFAULT_TV_TOL, callback=None,
-            pad_voxels=DEFAULT_PAD_VOXELS, free_exterior=True):
+            pad_voxels=DEFAULT_PAD_VOXELS, free_exterior=True, data_mask=None):
     """Susceptibility by total-variation regularised inversion (ADMM).
 
     Parameters
@@ -101,6 +102,12 @@ def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAM
         Fit the field inside the mask only (default; two FFT pairs per
         iteration), or take it as zero outside the mask (the one-FFT-pair
         closed form of Bilgic et al.; faster per iteration, less accurate).
+    data_mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels of ``mask`` whose field is trusted (default: all of them).
+        With ``free_exterior`` the others are fitted like the exterior: the
+        map is still estimated there, but their field does not pull on it.
+        Use it for voxels without signal (calcification, haemorrhage, large
+        veins at late echoes) whose field estimate is noise.
 
     Returns
     -------
@@ -137,11 +144,18 @@ def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAM
         raise QSMInputError(f"callback: {callback!r} is not callable; "
                             "give a function callback(iteration, residual) or None")
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
-    chi = _solve(grid, lam, rho, max_iter, tol, callback, bool(free_exterior))
+    trusted = grid.inside()
+    if data_mask is not None:
+        if not free_exterior:
+            raise QSMInputError("data_mask: needs free_exterior=True (untrusted voxels are fitted "
+                                "like the exterior)")
+        trusted &= grid.on_grid(as_mask(data_mask, grid.full_shape, name="data_mask"))
+        grid.field[~trusted] = 0
+    chi = _solve(grid, lam, rho, max_iter, tol, callback, bool(free_exterior), trusted)
     return grid.to_image(chi)
 
 
-def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior):
+def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior, trusted):
     shape = grid.shape
     spacing = grid.voxel_size
     if len(set(spacing)) == 1:
@@ -196,7 +210,7 @@ def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior):
         if free_exterior:
             spectrum *= kernel
             model_field = fourier.irfft(spectrum, shape).astype(np.float32, copy=False)
-            np.copyto(model_field, grid.field, where=inside)
+            np.copyto(model_field, grid.field, where=trusted)
         del spectrum
 
         # v = G chi + u; u <- projection of v on the lam/rho ball; work <- z - u = v - 2u
