@@ -1,4 +1,4 @@
-"""The ``qsm`` command line: run, invert, simulate, demo.
+"""The ``qsm`` command line: run, invert, swi, r2star, simulate, demo.
 
 Built as ``_get_parser()`` plus ``main(argv=None)`` so that it can be tested
 in-process. Bad input ends with a one-line message and exit status 2; Ctrl-C
@@ -120,6 +120,10 @@ def _get_parser():
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
     run.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_pipeline_options(run)
+    run.add_argument("--also", nargs="+", choices=("swi", "r2star"), default=[], metavar="MAP",
+                     help="also write swi: swi.nii.gz and mip.nii.gz (SWI from the local field, magnitude "
+                          "units); r2star: r2star.nii.gz (1/s), t2star.nii.gz (s), s0.nii.gz; options with "
+                          "--option swi.KEY=VALUE or r2star.KEY=VALUE")
 
     inv = sub.add_parser("invert", help="dipole inversion of a local field map")
     inv.add_argument("--local-field", required=True, metavar="F", help="local field NIfTI")
@@ -148,10 +152,150 @@ def _get_parser():
                      help="simulate an oblique acquisition: B0 direction in voxel coordinates")
     sim.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
+    _add_swi_parser(sub)
+    _add_r2star_parser(sub)
+
     demo = sub.add_parser("demo", help="simulate the head phantom, reconstruct it, and write a report")
     demo.add_argument("--out", default="qsm-demo", metavar="DIR", help="output folder (default qsm-demo)")
     demo.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return parser
+
+
+def _add_multi_echo_source(p, *, phase):
+    src = p.add_argument_group("input (one of: --mag" + ("/--phase" if phase else "") + ", --bids)")
+    src.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
+    if phase:
+        src.add_argument("--phase", nargs="+", metavar="F",
+                         help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
+                              "(rescaled automatically)")
+    src.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
+                     help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
+    if phase:
+        src.add_argument("--b0", type=_positive_float, metavar="T",
+                         help="field strength in tesla (recorded only; SWI does not need it)")
+    src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
+    src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
+    src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude")
+
+
+def _filter_size(text):
+    value = _positive_float(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"'{text}' must be a whole number of k-space samples")
+    return int(value)
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be 0 or more")
+    return value
+
+
+def _noise_sd(text):
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    return _non_negative_float(text)
+
+
+def _add_swi_parser(sub):
+    from .swi import DEFAULT_FILTER_SIZE, DEFAULT_HIGHPASS_SIGMA_MM, DEFAULT_SLAB_MM
+
+    p = sub.add_parser("swi", help="susceptibility-weighted image and minimum intensity projection",
+                       description="Writes DIR/swi.nii.gz and DIR/mip.nii.gz (magnitude units) and "
+                                   "DIR/provenance.json.")
+    _add_multi_echo_source(p, phase=True)
+    p.add_argument("--highpass", choices=("homodyne", "field"), default="homodyne",
+                   help="phase high-pass: homodyne = Hanning k-space filter of the complex data (classic SWI, "
+                        "default); field = Gaussian high-pass (SD in mm) of the fitted, unwrapped field in Hz "
+                        "(CLEAR-SWI style)")
+    p.add_argument("--filter-size", nargs="+", type=_filter_size, default=None, metavar="N",
+                   help=f"homodyne Hanning window width in k-space samples (voxels of the matrix), one or "
+                        f"three values (default {DEFAULT_FILTER_SIZE})")
+    p.add_argument("--sigma-mm", type=_non_negative_float, default=None, metavar="MM",
+                   help=f"field high-pass Gaussian SD in mm (default {DEFAULT_HIGHPASS_SIGMA_MM:g}; 0: none)")
+    p.add_argument("--phase-mask", choices=("negative", "positive", "symmetric"), default="negative",
+                   help="negative (default) darkens paramagnetic sources (veins, iron); positive darkens "
+                        "diamagnetic ones (calcification); symmetric both")
+    p.add_argument("--power", type=_non_negative_float, default=4.0, metavar="N",
+                   help="number of multiplications by the phase mask (default 4, dimensionless)")
+    p.add_argument("--combine", choices=("cnr", "snr", "rss"), default="cnr",
+                   help="magnitude echo combination: cnr = weights |S| * TE (T2* contrast, default), "
+                        "snr = weights |S|, rss = root sum of squares")
+    p.add_argument("--phase-convention", choices=("left-handed", "right-handed"), default="left-handed",
+                   help="left-handed (default): phase = +2 pi * field(Hz) * TE(s), paramagnetic positive; "
+                        "right-handed: phase = -2 pi * field(Hz) * TE(s) (flipped on loading)")
+    p.add_argument("--te-ref", type=_positive_float, default=None, metavar="S",
+                   help="echo time in seconds of the phase used for the mask (default: the last echo)")
+    p.add_argument("--slab", type=_non_negative_float, default=DEFAULT_SLAB_MM, metavar="MM",
+                   help=f"minimum intensity projection slab thickness in mm (default {DEFAULT_SLAB_MM:g})")
+    p.add_argument("--mip-axis", type=int, choices=(0, 1, 2), default=2,
+                   help="voxel axis of the minimum intensity projection (default 2, the third axis)")
+    p.add_argument("--sensitivity-mm", type=_non_negative_float, default=None, metavar="MM",
+                   help="divide the magnitude by a smooth receive sensitivity (Gaussian SD in mm, e.g. 7); "
+                        "default: no correction")
+
+
+def _add_r2star_parser(sub):
+    from .relaxometry import DEFAULT_FLOOR_SNR
+
+    p = sub.add_parser("r2star", help="R2*, T2* and S0 maps from multi-echo magnitude",
+                       description="Writes DIR/r2star.nii.gz (1/s), DIR/t2star.nii.gz (s), DIR/s0.nii.gz "
+                                   "(magnitude units) and DIR/provenance.json.")
+    _add_multi_echo_source(p, phase=False)
+    p.add_argument("--method", choices=("arlo", "loglinear", "nlls"), default="arlo",
+                   help="fit: arlo = auto-regression on linear operations (default), loglinear = |S|^2-weighted "
+                        "fit of log|S|, nlls = nonlinear least squares")
+    p.add_argument("--noise-sd", type=_noise_sd, default="auto", metavar="X",
+                   help="noise SD per channel in magnitude units for the noise floor; auto (default): from "
+                        "the background; none: use every echo")
+    p.add_argument("--floor-snr", type=_non_negative_float, default=DEFAULT_FLOOR_SNR, metavar="X",
+                   help=f"drop echoes under X times the noise SD, and the later ones (default {DEFAULT_FLOOR_SNR:g}, "
+                        "dimensionless)")
+
+
+def _swi_options(args):
+    options = {"kind": args.phase_mask, "power": args.power, "combine": args.combine, "slab_mm": args.slab,
+               "mip_axis": args.mip_axis}
+    if args.te_ref is not None:
+        options["te_ref_s"] = args.te_ref
+    if args.sensitivity_mm is not None:
+        options["sensitivity_sigma_mm"] = args.sensitivity_mm
+    if args.highpass == "homodyne":
+        if args.sigma_mm is not None:
+            raise QSMInputError("--sigma-mm applies to --highpass field; use --filter-size with homodyne")
+        if args.filter_size is not None:
+            if len(args.filter_size) not in (1, 3):
+                raise QSMInputError(f"--filter-size: give one or three widths, got {len(args.filter_size)}")
+            options["filter_size"] = args.filter_size[0] if len(args.filter_size) == 1 else tuple(args.filter_size)
+    else:
+        if args.filter_size is not None:
+            raise QSMInputError("--filter-size applies to --highpass homodyne; use --sigma-mm with field")
+        if args.sigma_mm is not None:
+            options["highpass_sigma_mm"] = args.sigma_mm
+    return options
+
+
+def _source_count(args):
+    return sum([bool(args.mag or getattr(args, "phase", None)), bool(args.bids)])
+
+
+def _split_also_options(args):
+    """Take the swi.* and r2star.* entries out of --option (they are not pipeline methods)."""
+    also_options, rest = {}, []
+    for method, key, value in args.option:
+        if method in ("swi", "r2star"):
+            also_options.setdefault(method, {})[key] = value
+        else:
+            rest.append((method, key, value))
+    args.option = rest
+    return also_options
 
 
 def _options(pairs):
@@ -173,13 +317,32 @@ def _dispatch(args, progress):
         sources = [bool(args.mag or args.phase), bool(args.bids), bool(args.total_field), bool(args.local_field)]
         if sum(sources) != 1:
             raise QSMInputError("give exactly one input: --mag/--phase, --bids, --total-field or --local-field")
+        also_options = _split_also_options(args)
         workflow.run_qsm(args.out, magnitude_files=args.mag, phase_files=args.phase, te_s=args.te, b0_t=args.b0,
                          bids_dir=args.bids, subject=args.subject, session=args.session,
                          total_field_file=args.total_field, local_field_file=args.local_field,
                          mask_file=args.mask, reference_mask_file=args.reference_mask, config=_config(args),
                          b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
-                         force=args.force, progress=progress)
-        print(f"qsm: wrote {args.out}/chi.nii.gz (ppm) and provenance.json", file=sys.stderr)
+                         force=args.force, progress=progress, also=args.also, also_options=also_options)
+        extra = "".join(f", {name}" for name in args.also)
+        print(f"qsm: wrote {args.out}/chi.nii.gz (ppm){extra} and provenance.json", file=sys.stderr)
+    elif args.command == "swi":
+        if _source_count(args) != 1:
+            raise QSMInputError("give exactly one input: --mag/--phase (with --te) or --bids")
+        workflow.run_swi(args.out, magnitude_files=args.mag, phase_files=args.phase, te_s=args.te, b0_t=args.b0,
+                         bids_dir=args.bids, subject=args.subject, session=args.session, mask_file=args.mask,
+                         highpass=args.highpass, phase_convention=args.phase_convention,
+                         options=_swi_options(args), force=args.force, progress=progress)
+        print(f"qsm: wrote {args.out}/swi.nii.gz, mip.nii.gz and provenance.json", file=sys.stderr)
+    elif args.command == "r2star":
+        if _source_count(args) != 1:
+            raise QSMInputError("give exactly one input: --mag (with --te) or --bids")
+        workflow.run_r2star(args.out, magnitude_files=args.mag, te_s=args.te, bids_dir=args.bids,
+                            subject=args.subject, session=args.session, mask_file=args.mask, method=args.method,
+                            noise_sd=None if args.noise_sd == "none" else args.noise_sd,
+                            floor_snr=args.floor_snr, force=args.force, progress=progress)
+        print(f"qsm: wrote {args.out}/r2star.nii.gz (1/s), t2star.nii.gz (s), s0.nii.gz and provenance.json",
+              file=sys.stderr)
     elif args.command == "invert":
         options = _options(args.option)
         unknown = set(options) - {args.method}

@@ -69,31 +69,38 @@ def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=N
 def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
             subject=None, session=None, total_field_file=None, local_field_file=None, mask_file=None,
             reference_mask_file=None, config=None, b0_dir=None, phase_sign=1, phase_unwrapped=False,
-            force=False, progress=None):
+            force=False, progress=None, also=(), also_options=None):
     """Reconstruct susceptibility from files and write maps and provenance to ``out_dir``.
 
     Start from multi-echo magnitude and phase (files or ``bids_dir``), from a
     total field map in Hz (``total_field_file``), or from a local field map in
-    Hz (``local_field_file``). Writes :data:`RUN_OUTPUTS`.
+    Hz (``local_field_file``). Writes :data:`RUN_OUTPUTS`, and with ``also``
+    ("swi", "r2star") the maps of :data:`ALSO_OUTPUTS` beside them
+    (options for them in ``also_options``, e.g. ``{"swi": {"kind": "positive"}}``).
 
     Returns
     -------
     QSMResult
     """
     config = (config or PipelineConfig()).validate()
-    with OutputDirectory(out_dir, RUN_OUTPUTS, force=force) as stage:
+    also = _check_also(also, also_options, total_field_file, local_field_file)
+    names = list(RUN_OUTPUTS) + [name for extra in also for name in ALSO_OUTPUTS[extra]]
+    with OutputDirectory(out_dir, names, force=force) as stage:
+        loaded = {}
         result = _run_into(stage, "", magnitude_files=magnitude_files, phase_files=phase_files,
                            te_s=te_s, b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
                            total_field_file=total_field_file, local_field_file=local_field_file,
                            mask_file=mask_file, reference_mask_file=reference_mask_file, config=config,
                            b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
-                           progress=progress)
+                           progress=progress, loaded=loaded)
+        if also:
+            _write_also(stage, "", loaded["data"], result, also, also_options or {}, progress)
     return result
 
 
 def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_dir, subject, session,
               total_field_file, local_field_file, mask_file, reference_mask_file, config, b0_dir,
-              phase_sign, phase_unwrapped, progress):
+              phase_sign, phase_unwrapped, progress, loaded=None):
     inputs = {}
     data = None
     if total_field_file is None and local_field_file is None:
@@ -101,6 +108,8 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
                                      b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
                                      phase_sign=phase_sign, phase_unwrapped=phase_unwrapped)
         affine, shape, b0_t = data.affine, data.shape, data.b0_t
+        if loaded is not None:
+            loaded["data"] = data
         inputs.update(data.sources, echo_times_s=data.te_s.tolist(), b0_t=b0_t)
         if bids:
             inputs.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
@@ -294,3 +303,295 @@ def _write_report(stage, result, sim, metrics):
                         ("Pipeline stages", ("stage", "method", "iterations", "time (s)"), stages)],
                        notes=result.provenance["warnings"])
     write_text(stage.path("report.html"), page)
+
+
+# --- SWI and R2* -----------------------------------------------------------------------------
+
+SWI_OUTPUTS = ("swi.nii.gz", "mip.nii.gz", "provenance.json")
+R2STAR_OUTPUTS = ("r2star.nii.gz", "t2star.nii.gz", "s0.nii.gz", "provenance.json")
+#: Extra maps that ``qsm run --also`` writes beside the susceptibility map.
+ALSO_OUTPUTS = {"swi": ("swi.nii.gz", "mip.nii.gz"), "r2star": ("r2star.nii.gz", "t2star.nii.gz", "s0.nii.gz")}
+#: Field strength passed to the loaders when SWI or R2* runs without one (neither uses it).
+NOMINAL_B0_T = 3.0
+SWI_HIGHPASS = ("homodyne", "field")
+
+
+class _Stage:
+    """Reports one stage to a ``progress(stage, fraction)`` callback: 0 on entry, 1 on success."""
+
+    def __init__(self, progress, name):
+        self.progress, self.name = progress, name
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress(self.name, 0.0)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self.progress is not None:
+            self.progress(self.name, 1.0)
+        return False
+
+
+def _software():
+    import platform
+    return {"name": "QSMLib", "version": __version__, "python": platform.python_version(), "numpy": np.__version__}
+
+
+def _command():
+    return " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("qsm") else None
+
+
+def load_magnitude_inputs(*, magnitude_files=None, te_s=None, bids_dir=None, subject=None, session=None):
+    """Load multi-echo magnitude only (for R2*): from files or a BIDS dataset.
+
+    Returns
+    -------
+    magnitude : ndarray (X, Y, Z, E), te_s : ndarray, affine : ndarray, sources : dict
+    """
+    from .io import load_echo_series
+    from .validation import check_echo_times
+
+    sources = {}
+    if bids_dir is not None:
+        bids = find_megre(bids_dir, subject=subject, session=session)
+        magnitude_files = bids["magnitude"]
+        te_s = bids["te_s"] if te_s is None else te_s
+        sources.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
+    if not magnitude_files:
+        raise QSMInputError("give --mag files (with --te), or --bids DIR")
+    if te_s is None:
+        raise QSMInputError("echo times are missing; give --te in seconds, one per echo")
+    magnitude_files = [str(f) for f in magnitude_files]
+    magnitude, affine = load_echo_series(magnitude_files, "mag")
+    name = magnitude_files[0] if len(magnitude_files) == 1 else f"{magnitude_files[0]} (+{len(magnitude_files) - 1} more)"
+    te = check_echo_times(te_s, name="echo times (--te)")
+    if te.size != magnitude.shape[3]:
+        raise QSMInputError(f"{te.size} echo times given but {name} holds {magnitude.shape[3]} echoes; "
+                            "give one echo time (s) per echo")
+    if magnitude.shape[3] < 2:
+        raise QSMInputError(f"{name}: holds a single echo; R2* needs at least two echoes "
+                            "(give every echo of the multi-echo scan)")
+    if magnitude.min() < 0:
+        raise QSMInputError(f"{name}: holds negative values, so it is not a magnitude image; "
+                            "give the magnitude, not the phase")
+    sources["magnitude"] = magnitude_files
+    return magnitude, te, affine, sources
+
+
+def _brain_mask_for(magnitude, voxel_size, mask_file, affine, progress):
+    """The given mask, or the automatic brain mask; with its source."""
+    from .masking import brain_mask
+
+    with _Stage(progress, "mask"):
+        if mask_file is not None:
+            return load_mask(mask_file, magnitude.shape[:3], affine), str(mask_file)
+        mask = brain_mask(magnitude, voxel_size)
+        if not mask.any():
+            raise QSMInputError("automatic brain mask: it came out empty; give a mask with --mask")
+        return mask, "automatic (magnitude threshold + morphology)"
+
+
+def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
+            subject=None, session=None, mask_file=None, highpass="homodyne", phase_convention="left-handed",
+            options=None, force=False, progress=None):
+    """SWI and its minimum intensity projection from multi-echo files; writes :data:`SWI_OUTPUTS`.
+
+    ``highpass`` is "homodyne" (classic SWI: :func:`qsmlib.swi.swi`) or
+    "field" (CLEAR-SWI style: the total field is fitted from the unwrapped
+    echoes and high-passed, :func:`qsmlib.swi.swi_from_field`). ``options``
+    holds keyword options of that function (``kind``, ``power``,
+    ``combine``, ``filter_size`` or ``highpass_sigma_mm``, ``te_ref_s``,
+    ``slab_mm``, ``mip_axis``, ``sensitivity_sigma_mm``).
+    ``phase_convention`` "right-handed" flips the phase on loading.
+
+    Returns
+    -------
+    SWIResult
+    """
+    from .fieldmap import fit_multi_echo_field
+    from .swi import PHASE_CONVENTIONS, mip_slices, swi, swi_from_field
+
+    if highpass not in SWI_HIGHPASS:
+        raise QSMInputError(f"--highpass {highpass}: choose one of {', '.join(SWI_HIGHPASS)}")
+    if phase_convention not in PHASE_CONVENTIONS:
+        raise QSMInputError(f"--phase-convention {phase_convention}: choose one of {', '.join(PHASE_CONVENTIONS)}")
+    func = swi if highpass == "homodyne" else swi_from_field
+    options = _check_function_options(func, options, f"SWI ({highpass})")
+    with OutputDirectory(out_dir, SWI_OUTPUTS, force=force) as stage:
+        start = time.perf_counter()
+        data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
+                                     b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
+                                     bids_dir=bids_dir, subject=subject, session=session,
+                                     phase_sign=-1 if phase_convention == "right-handed" else 1)
+        voxel_size = voxel_size_from_affine(data.affine)
+        mask, mask_source = _brain_mask_for(data.magnitude, voxel_size, mask_file, data.affine, progress)
+        if highpass == "homodyne":
+            with _Stage(progress, "SWI (homodyne)"):
+                result = swi(data.magnitude, data.phase, mask, voxel_size, te_s=data.te_s, **options)
+        else:
+            with _Stage(progress, "total field"):
+                field = fit_multi_echo_field(data.magnitude, data.phase, data.te_s, mask, voxel_size).field_hz
+            with _Stage(progress, "SWI (field high-pass)"):
+                result = swi_from_field(data.magnitude, field, mask, voxel_size, te_s=data.te_s, **options)
+        _save_swi(stage.path, "", result, data.affine)
+        parameters = _swi_parameters(func, options, result, voxel_size, highpass, mip_slices)
+        parameters["phase_convention"] = phase_convention
+        inputs = dict(data.sources, echo_times_s=data.te_s.tolist(),
+                      b0_t=b0_t if b0_t is not None or bids is None else bids["b0_t"])
+        if bids:
+            inputs.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
+        if mask_file is not None:
+            inputs["mask"] = str(mask_file)
+        _write_json(stage.path("provenance.json"), {
+            "software": _software(), "command": _command(), "inputs": inputs,
+            "detected": {"voxel_size_mm": list(voxel_size), "phase_scaling": data.phase_scaling},
+            "mask": {"source": mask_source, "voxels": int(mask.sum())},
+            "swi": parameters,
+            "units": {"swi": "magnitude units", "mip": "magnitude units"},
+            "total_time_s": round(time.perf_counter() - start, 3)})
+    log.info("SWI: %s high-pass, %s phase mask, power %g; mIP over %d slices along axis %d",
+             highpass, parameters["kind"], parameters["power"], parameters["mip_slices"], parameters["mip_axis"])
+    return result
+
+
+def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subject=None, session=None,
+               mask_file=None, method="arlo", noise_sd="auto", floor_snr=None, force=False, progress=None):
+    """R2* (1/s), T2* (s) and S0 maps from multi-echo magnitude files; writes :data:`R2STAR_OUTPUTS`.
+
+    Returns
+    -------
+    R2StarMaps
+    """
+    from .relaxometry import DEFAULT_FLOOR_SNR, R2STAR_METHODS, r2star_map
+
+    if method not in R2STAR_METHODS:
+        raise QSMInputError(f"--method {method}: choose one of {', '.join(R2STAR_METHODS)}")
+    floor_snr = DEFAULT_FLOOR_SNR if floor_snr is None else floor_snr
+    with OutputDirectory(out_dir, R2STAR_OUTPUTS, force=force) as stage:
+        start = time.perf_counter()
+        magnitude, te, affine, sources = load_magnitude_inputs(
+            magnitude_files=magnitude_files, te_s=te_s, bids_dir=bids_dir, subject=subject, session=session)
+        voxel_size = voxel_size_from_affine(affine)
+        mask, mask_source = _brain_mask_for(magnitude, voxel_size, mask_file, affine, progress)
+        with _Stage(progress, f"R2* ({method})") as current:
+            callback = None
+            if method == "nlls" and progress is not None:
+                def callback(iteration, residual):
+                    progress(current.name, min(0.99, 1.0 - residual))
+            maps = r2star_map(magnitude, te, mask, method=method, noise_sd=noise_sd, floor_snr=floor_snr,
+                              callback=callback)
+        _save_r2star(stage.path, "", maps, affine)
+        inputs = dict(sources, echo_times_s=te.tolist())
+        if mask_file is not None:
+            inputs["mask"] = str(mask_file)
+        _write_json(stage.path("provenance.json"), {
+            "software": _software(), "command": _command(), "inputs": inputs,
+            "detected": {"voxel_size_mm": list(voxel_size)},
+            "mask": {"source": mask_source, "voxels": int(mask.sum())},
+            "r2star": _r2star_parameters(maps, mask, floor_snr, noise_sd),
+            "units": {"r2star": "1/s", "t2star": "s", "s0": "magnitude units"},
+            "total_time_s": round(time.perf_counter() - start, 3)})
+    log.info("R2*: %s fit, noise SD %.4g, median %.1f /s in the mask", method, maps.noise_sd,
+             float(np.median(maps.r2star_hz[mask])))
+    return maps
+
+
+def _check_also(also, also_options, total_field_file, local_field_file):
+    also = tuple(dict.fromkeys(also or ()))
+    for extra in also:
+        if extra not in ALSO_OUTPUTS:
+            raise QSMInputError(f"--also {extra}: choose among {', '.join(ALSO_OUTPUTS)}")
+    for name in (also_options or {}):
+        if name not in also:
+            raise QSMInputError(f"--option {name}.*: add --also {name} to compute it")
+    if also and (total_field_file is not None or local_field_file is not None):
+        raise QSMInputError(f"--also {' '.join(also)} needs the multi-echo magnitude and phase; "
+                            "give --mag/--phase or --bids instead of a field map")
+    return also
+
+
+def _check_function_options(func, options, name):
+    """Options of ``func`` (keyword-only), refusing unknown names with the valid ones."""
+    import inspect
+
+    options = dict(options or {})
+    keyword = [p.name for p in inspect.signature(func).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    allowed = [k for k in keyword if k not in ("te_s", "phase_convention", "callback")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise QSMInputError(f"{name} has no option {', '.join(unknown)}; it takes {', '.join(allowed)}")
+    return options
+
+
+def _swi_parameters(func, options, result, voxel_size, highpass, mip_slices):
+    import inspect
+
+    parameters = {p.name: p.default for p in inspect.signature(func).parameters.values()
+                  if p.kind == p.KEYWORD_ONLY and p.name not in ("te_s", "phase_convention")}
+    parameters.update(options)
+    parameters = {k: (list(v) if isinstance(v, tuple) else v) for k, v in parameters.items()}
+    parameters["highpass"] = highpass
+    parameters["te_ref_s"] = result.te_ref_s
+    parameters["mip_slices"] = mip_slices(parameters["slab_mm"], voxel_size[parameters["mip_axis"]])
+    return parameters
+
+
+def _r2star_parameters(maps, mask, floor_snr, noise_sd):
+    used = maps.echoes_used[mask]
+    full = int(used.max()) if used.size else 0
+    return {"method": maps.method, "noise_sd": maps.noise_sd,
+            "noise_sd_source": "estimated from the background" if noise_sd == "auto" else
+                               ("none (every echo used)" if noise_sd is None else "given"),
+            "floor_snr": floor_snr,
+            "fraction_voxels_with_dropped_echoes": float(np.mean(used < full)) if used.size else 0.0}
+
+
+def _save_swi(path, prefix, result, affine):
+    save_nifti(path(prefix + "swi.nii.gz"), result.swi, affine, description="SWI (magnitude units)")
+    save_nifti(path(prefix + "mip.nii.gz"), result.mip, affine, description="SWI minimum intensity projection")
+
+
+def _save_r2star(path, prefix, maps, affine):
+    save_nifti(path(prefix + "r2star.nii.gz"), maps.r2star_hz, affine, description="R2* (1/s)")
+    save_nifti(path(prefix + "t2star.nii.gz"), maps.t2star_s, affine, description="T2* (s)")
+    save_nifti(path(prefix + "s0.nii.gz"), maps.s0, affine, description="S0 (magnitude units)")
+
+
+def _write_also(stage, prefix, data, result, also, also_options, progress):
+    """SWI (from the pipeline's local field) and R2* beside the susceptibility map; updates provenance."""
+    from .relaxometry import DEFAULT_FLOOR_SNR, r2star_map
+    from .swi import mip_slices, swi_from_field
+
+    voxel_size = voxel_size_from_affine(data.affine)
+    extra = {}
+    if "swi" in also:
+        options = _check_function_options(swi_from_field, also_options.get("swi"), "swi")
+        with _Stage(progress, "SWI (local field)"):
+            swi_result = swi_from_field(data.magnitude, result.local_field_hz, result.mask, voxel_size,
+                                        te_s=data.te_s, **options)
+        _save_swi(stage.path, prefix, swi_result, data.affine)
+        extra["swi"] = _swi_parameters(swi_from_field, options, swi_result, voxel_size,
+                                       "field (the pipeline's local field)", mip_slices)
+    if "r2star" in also:
+        options = dict(also_options.get("r2star") or {})
+        allowed = {"method", "noise_sd", "floor_snr"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise QSMInputError(f"r2star has no option {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
+        options.setdefault("noise_sd", "auto")
+        options.setdefault("floor_snr", DEFAULT_FLOOR_SNR)
+        with _Stage(progress, "R2*"):
+            maps = r2star_map(data.magnitude, data.te_s, result.brain_mask, **options)
+        _save_r2star(stage.path, prefix, maps, data.affine)
+        extra["r2star"] = _r2star_parameters(maps, result.brain_mask, options["floor_snr"], options["noise_sd"])
+    provenance = dict(result.provenance)
+    provenance["also"] = extra
+    units = dict(provenance.get("units", {}))
+    if "swi" in also:
+        units.update(swi="magnitude units", mip="magnitude units")
+    if "r2star" in also:
+        units.update(r2star="1/s", t2star="s", s0="magnitude units")
+    provenance["units"] = units
+    result.provenance = provenance
+    _write_json(stage.path(prefix + "provenance.json"), provenance)
