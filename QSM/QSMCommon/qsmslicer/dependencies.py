@@ -1,0 +1,34 @@
+"""Python packages that qsmlib needs beyond what Slicer ships.
+
+Slicer already ships numpy, scipy and SimpleITK; those are never installed.
+Anything else is installed only after the user agrees, on the first Apply,
+never when a module opens.
+"""
+
+import importlib.util
+
+#: import name -> pip requirement, for packages Slicer does not ship.
+EXTRA_PACKAGES = {"nibabel": "nibabel>=3.2"}
+
+
+def missing_packages():
+    """Pip requirements of the extra packages that cannot be imported here."""
+    return [requirement for name, requirement in EXTRA_PACKAGES.items()
+            if importlib.util.find_spec(name) is None]
+
+
+def ensure_packages(confirm, install):
+    """Install missing packages if ``confirm(requirements)`` says yes.
+
+    ``install(requirement)`` is for example ``slicer.util.pip_install``.
+    Returns True when everything is importable afterwards.
+    """
+    missing = missing_packages()
+    if not missing:
+        return True
+    if not confirm(missing):
+        return False
+    for requirement in missing:
+        install(requirement)
+    importlib.invalidate_caches()
+    return not missing_packages()

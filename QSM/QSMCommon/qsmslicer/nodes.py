@@ -1,0 +1,257 @@
+"""MRML nodes <-> arrays, and volume geometry.
+
+This is the only place where the Slicer side converts between nodes and
+arrays. Slicer's ``arrayFromVolume`` returns voxels in (k, j, i) order; qsmlib
+works in (i, j, k), the NIfTI voxel order. :func:`array_from_volume` and
+:func:`update_volume_from_array` are the one transpose in each direction.
+
+A volume's IJKToRAS matrix is the same thing as a NIfTI affine (both map voxel
+indices to RAS millimetres), so qsmlib's affine helpers apply to it directly.
+"""
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+
+from qsmlib.dipole import b0_direction_from_affine, voxel_size_from_affine
+from qsmlib.errors import QSMInputError
+
+#: Relative tolerance when comparing two IJKToRAS matrices.
+GEOMETRY_RTOL = 1e-5
+#: Absolute tolerance (mm) when comparing two IJKToRAS matrices.
+GEOMETRY_ATOL_MM = 1e-4
+#: Decimals (mm) kept in voxel sizes: column norms of IJKToRAS carry float noise
+#: (2 mm comes out as 1.9999999999999998), which must not change sphere kernels.
+VOXEL_SIZE_DECIMALS = 6
+
+
+def array_from_volume(volume_node, dtype=None):
+    """Voxels of a volume node as a new array in (i, j, k) order.
+
+    Multi-component volumes (vector volumes, multi-volumes) give (i, j, k, c).
+    The array is a copy: changing it does not change the node.
+    """
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise QSMInputError(f"volume {_name(volume_node)}: it has no voxels; load or select an image volume")
+    kji = slicer.util.arrayFromVolume(volume_node)
+    order = (2, 1, 0) if kji.ndim == 3 else (2, 1, 0, 3)
+    ijk = np.ascontiguousarray(np.transpose(kji, order))
+    return ijk if dtype is None else ijk.astype(dtype, copy=False)
+
+
+def update_volume_from_array(volume_node, array_ijk, ijk_to_ras=None):
+    """Set the voxels (and optionally the IJKToRAS) of a volume node from an (i, j, k) array."""
+    array_ijk = np.asarray(array_ijk)
+    if array_ijk.ndim != 3:
+        raise QSMInputError(f"volume {_name(volume_node)}: expected a 3D (i, j, k) array, got shape {array_ijk.shape}")
+    if array_ijk.dtype == np.bool_:
+        array_ijk = array_ijk.astype(np.uint8)
+    if ijk_to_ras is not None:
+        set_ijk_to_ras(volume_node, ijk_to_ras)
+    slicer.util.updateVolumeFromArray(volume_node, np.ascontiguousarray(np.transpose(array_ijk, (2, 1, 0))))
+
+
+def ijk_to_ras(volume_node):
+    """The volume's IJKToRAS matrix as a 4x4 float64 array (equal to a NIfTI affine)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def set_ijk_to_ras(volume_node, affine):
+    """Set a volume's IJKToRAS matrix from a 4x4 array (a NIfTI affine)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise QSMInputError(f"IJKToRAS: expected a 4x4 matrix, got shape {affine.shape}")
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(affine[r, c]))
+    volume_node.SetIJKToRASMatrix(matrix)
+
+
+def b0_direction(volume_node):
+    """B0 direction in (i, j, k) voxel coordinates from the volume's IJKToRAS.
+
+    B0 is the scanner's superior-inferior axis, so oblique slices give a tilted
+    direction (see :func:`qsmlib.dipole.b0_direction_from_affine`). The node's
+    own IJKToRAS is used, not parent transforms: a transform applied after the
+    scan (a registration, say) does not move the head in the scanner.
+    """
+    return b0_direction_from_affine(ijk_to_ras(volume_node))
+
+
+def voxel_size(volume_node):
+    """Voxel size in mm along i, j, k (rounded to 1e-6 mm)."""
+    return tuple(round(float(v), VOXEL_SIZE_DECIMALS) for v in voxel_size_from_affine(ijk_to_ras(volume_node)))
+
+
+def dimensions(volume_node):
+    """Voxel dimensions (i, j, k) of a volume node."""
+    image = volume_node.GetImageData()
+    return tuple(int(d) for d in image.GetDimensions()) if image is not None else None
+
+
+def same_geometry(node_a, node_b):
+    """True when two volumes have the same dimensions and IJKToRAS."""
+    return dimensions(node_a) == dimensions(node_b) and np.allclose(
+        ijk_to_ras(node_a), ijk_to_ras(node_b), rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL_MM)
+
+
+def check_same_geometry(node, reference, what):
+    if not same_geometry(node, reference):
+        raise QSMInputError(
+            f"{what} '{_name(node)}' has dimensions {dimensions(node)} and IJKToRAS\n{ijk_to_ras(node)}\n"
+            f"but '{_name(reference)}' has {dimensions(reference)} and\n{ijk_to_ras(reference)};\n"
+            "they must cover the same voxels: resample one onto the other (Resample Scalar/Vector/DWI Volume)")
+
+
+def _name(node):
+    return node.GetName() if node is not None else "(none)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-echo inputs
+
+def echo_volume_nodes(source):
+    """The per-echo 3D volume nodes of an echo series, in order.
+
+    ``source`` is an ordered list of scalar volume nodes, or a Sequence node of
+    scalar volumes (in its index order). A multi-component volume (a
+    multi-volume or vector volume) is returned as ``[source]``.
+    """
+    if source is None:
+        return []
+    if isinstance(source, (list, tuple)):
+        return list(source)
+    if source.IsA("vtkMRMLSequenceNode"):
+        nodes = [source.GetNthDataNode(n) for n in range(source.GetNumberOfDataNodes())]
+        if not nodes or not all(node is not None and node.IsA("vtkMRMLVolumeNode") for node in nodes):
+            raise QSMInputError(f"sequence '{_name(source)}': it must hold one image volume per echo")
+        return nodes
+    if source.IsA("vtkMRMLVolumeNode"):
+        return [source]
+    raise QSMInputError(f"'{_name(source)}' ({source.GetClassName()}) is not a volume, a list of volumes "
+                        "or a sequence of volumes")
+
+
+def echo_series_array(source, what):
+    """Stack an echo series into one float32 (i, j, k, echo) array.
+
+    Returns
+    -------
+    array : ndarray of float32, shape (X, Y, Z, E)
+    reference : vtkMRMLVolumeNode
+        The first echo's node; its IJKToRAS is the geometry of every echo.
+    """
+    nodes = echo_volume_nodes(source)
+    if not nodes:
+        raise QSMInputError(f"{what}: no volume selected; select one volume per echo, a sequence, or a multi-volume")
+    if len(nodes) == 1:
+        array = array_from_volume(nodes[0], np.float32)
+        if array.ndim == 3:
+            array = array[..., None]
+        return array, nodes[0]
+    for node in nodes[1:]:
+        check_same_geometry(node, nodes[0], f"{what} echo")
+    arrays = [array_from_volume(node, np.float32) for node in nodes]
+    if any(a.ndim != 3 for a in arrays):
+        raise QSMInputError(f"{what}: every echo must be a 3D scalar volume")
+    return np.stack(arrays, axis=-1), nodes[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks from labelmaps and segmentations
+
+def segment_ids(segmentation_node):
+    """IDs of every segment of a segmentation node, in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def segment_mask(segmentation_node, segment_ids_, reference_volume):
+    """Union of segments as a bool (i, j, k) array on the reference volume's voxels.
+
+    Uses Slicer's own export (vtkSlicerSegmentationsModuleLogic), which
+    resamples the segments onto the reference geometry.
+    """
+    scene = segmentation_node.GetScene()
+    ids = vtk.vtkStringArray()
+    for segment_id in segment_ids_:
+        if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            raise QSMInputError(f"segmentation '{_name(segmentation_node)}' has no segment '{segment_id}'")
+        ids.InsertNextValue(segment_id)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("QSM_temporary"))
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labelmap, reference_volume):
+            raise QSMInputError(f"segmentation '{_name(segmentation_node)}': its segments could not be "
+                                f"exported onto the voxels of '{_name(reference_volume)}'")
+        mask = array_from_volume(labelmap) > 0
+    finally:
+        display = labelmap.GetDisplayNode()
+        scene.RemoveNode(labelmap)
+        if display is not None and display.GetScene() is not None:
+            scene.RemoveNode(display)
+    expected = dimensions(reference_volume)
+    if mask.shape != expected:
+        raise QSMInputError(f"segmentation '{_name(segmentation_node)}' exported to shape {mask.shape}, "
+                            f"expected {expected}")
+    return mask
+
+
+def mask_from_node(mask_node, reference_volume, segment_ids_=None):
+    """A bool (i, j, k) mask from a labelmap/scalar volume (> 0) or a segmentation node.
+
+    Volumes must share the reference's voxels; segmentations are resampled onto
+    them. ``segment_ids_`` picks segments (default: all segments).
+    """
+    if mask_node.IsA("vtkMRMLSegmentationNode"):
+        ids = list(segment_ids_) if segment_ids_ else segment_ids(mask_node)
+        if not ids:
+            raise QSMInputError(f"segmentation '{_name(mask_node)}' has no segments; draw the mask first")
+        return segment_mask(mask_node, ids, reference_volume)
+    if mask_node.IsA("vtkMRMLVolumeNode"):
+        check_same_geometry(mask_node, reference_volume, "mask")
+        return array_from_volume(mask_node) > 0
+    raise QSMInputError(f"mask '{_name(mask_node)}' must be a labelmap volume or a segmentation")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output volumes
+
+def output_volume(scene, name, array_ijk, affine, *, node=None, class_name="vtkMRMLScalarVolumeNode",
+                  beside=None):
+    """Create (or update ``node``) a volume with the given voxels and IJKToRAS.
+
+    The new node is placed in the subject hierarchy under the same parent as
+    ``beside`` (typically the input volume).
+    """
+    if node is None:
+        node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    update_volume_from_array(node, array_ijk, affine)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    if beside is not None:
+        place_beside(node, beside)
+    return node
+
+
+def place_beside(node, beside):
+    """Put ``node`` under the subject hierarchy parent of ``beside``."""
+    scene = node.GetScene()
+    hierarchy = scene.GetSubjectHierarchyNode() if scene is not None else None
+    if hierarchy is None or beside.GetScene() is not scene:
+        return
+    beside_item = hierarchy.GetItemByDataNode(beside)
+    item = hierarchy.GetItemByDataNode(node)
+    if beside_item and item:
+        hierarchy.SetItemParent(item, hierarchy.GetItemParent(beside_item))
+
+
+def set_voxel_units(volume_node, unit, meaning=None):
+    """Record the voxel value unit (UCUM code, e.g. "[ppm]" or "Hz") on a volume node."""
+    entry = slicer.vtkCodedEntry()
+    entry.SetValueSchemeMeaning(unit, "UCUM", meaning or unit.strip("[]"))
+    volume_node.SetVoxelValueUnits(entry)

@@ -1,0 +1,48 @@
+"""Progress and cancellation between qsmlib and a Slicer progress dialog."""
+
+from qsmlib.errors import Cancelled
+
+#: Share of the whole run that each pipeline stage takes (roughly its time on a 1 mm head).
+STAGE_WEIGHTS = (("mask", 0.05), ("total field", 0.30), ("background removal", 0.20),
+                 ("dipole inversion", 0.40), ("referencing", 0.05))
+
+
+class ProgressAdapter:
+    """Turn qsmlib's ``progress(stage, fraction)`` into an overall percentage.
+
+    Parameters
+    ----------
+    report : callable(text, percent), optional
+        Shows progress, for example ``QProgressDialog.setLabelText`` and
+        ``setValue``. ``percent`` is an int from 0 to 100 that never goes back.
+    is_cancelled : callable() -> bool, optional
+        Polled at every report, for example ``QProgressDialog.wasCanceled``.
+        When it returns True (or after :meth:`cancel`), the next report raises
+        :class:`qsmlib.Cancelled`, which stops the run.
+    """
+
+    def __init__(self, report=None, is_cancelled=None, weights=STAGE_WEIGHTS):
+        self.report = report
+        self.is_cancelled = is_cancelled
+        self.weights = dict(weights)
+        self.starts = {}
+        total = 0.0
+        for stage, weight in weights:
+            self.starts[stage] = total
+            total += weight
+        self.total = total
+        self.percent = 0
+        self.cancel_requested = False
+
+    def cancel(self):
+        self.cancel_requested = True
+
+    def __call__(self, stage, fraction):
+        if self.cancel_requested or (self.is_cancelled is not None and self.is_cancelled()):
+            self.cancel_requested = True
+            raise Cancelled(f"cancelled during {stage}")
+        if stage in self.starts:
+            done = (self.starts[stage] + self.weights[stage] * float(fraction)) / self.total
+            self.percent = max(self.percent, int(round(100 * done)))
+        if self.report is not None:
+            self.report(f"{stage[:1].upper()}{stage[1:]}...", self.percent)

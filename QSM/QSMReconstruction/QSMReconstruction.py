@@ -1,0 +1,517 @@
+"""QSM Reconstruction: susceptibility maps from multi-echo gradient-echo volumes in the scene.
+
+The Logic is the adapter: nodes in, qsmlib.pipeline.reconstruct, nodes out. The
+Widget only wires the GUI to the parameter node and calls the Logic.
+"""
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Optional
+
+import numpy as np
+import slicer
+import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from qsmlib.errors import Cancelled, QSMInputError
+from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, UNWRAP_METHODS, PipelineConfig, reconstruct
+from qsmslicer import dependencies, display, echo_times, nodes
+from qsmslicer.progress import ProgressAdapter
+
+#: Method per stage for each preset. "consensus" follows the 2024 QSM consensus
+#: (exact unwrapping, V-SHARP, TV-regularised inversion, whole-brain reference);
+#: "fast" swaps in the FFT Laplacian unwrap, a few seconds faster on a 1 mm head.
+PRESETS = {
+    "consensus": {"unwrap": "reliability", "bgremove": "vsharp", "inversion": "tv-admm"},
+    "fast": {"unwrap": "laplacian", "bgremove": "vsharp", "inversion": "tv-admm"},
+}
+REFERENCES = ("brain", "none", "region")
+PROVENANCE_ATTRIBUTE = "QSM.Provenance"
+
+
+#
+# QSMReconstruction
+#
+
+class QSMReconstruction(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("QSM Reconstruction")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerQSM developers"]
+        self.parent.helpText = _(
+            "Quantitative susceptibility mapping from multi-echo gradient-echo magnitude and phase. "
+            "Give the echoes as a list of volumes, a sequence or a multi-volume; echo times come from "
+            "the DICOM attributes when the series was loaded through the DICOM module, or are typed "
+            "in seconds. Outputs: susceptibility (ppm), local and total field (Hz) and the mask.")
+        self.parent.acknowledgementText = _(
+            "Built on QSMLib. The simulated head derives from the QSM reconstruction challenge 2.0 "
+            "head model (NeuroPoly, MIT licence).")
+
+
+#
+# Parameter node
+#
+
+@parameterNodeWrapper
+class QSMReconstructionParameterNode:
+    """Inputs: magnitude and phase as checked volume lists, or as a sequence / multi-volume each."""
+
+    magnitudeEchoes: list[vtkMRMLScalarVolumeNode]
+    phaseEchoes: list[vtkMRMLScalarVolumeNode]
+    magnitudeSeries: Optional[vtkMRMLNode]
+    phaseSeries: Optional[vtkMRMLNode]
+    echoTimesS: str = ""
+    fieldStrengthT: Annotated[float, WithinRange(0.1, 21.1)] = 3.0
+    mask: Optional[vtkMRMLNode]
+    preset: Annotated[str, Choice(list(PRESETS))] = "consensus"
+    unwrap: Annotated[str, Choice(list(UNWRAP_METHODS))] = "reliability"
+    bgremove: Annotated[str, Choice(list(BGREMOVE_METHODS))] = "vsharp"
+    inversion: Annotated[str, Choice(list(INVERSION_METHODS))] = "tv-admm"
+    reference: Annotated[str, Choice(["brain", "none"])] = "brain"
+    flipPhaseSign: bool = False
+    options: str = ""
+    outputSusceptibility: Optional[vtkMRMLScalarVolumeNode]
+    outputLocalField: Optional[vtkMRMLScalarVolumeNode]
+    outputTotalField: Optional[vtkMRMLScalarVolumeNode]
+    outputMask: Optional[vtkMRMLLabelMapVolumeNode]
+
+
+#
+# QSMReconstructionWidget
+#
+
+class QSMReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the GUI to the parameter node; every computation is in the Logic."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/QSMReconstruction.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = QSMReconstructionLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # Checkable lists have no parameter-node connector: copy their checked nodes by hand.
+        self.ui.magnitudeEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
+        self.ui.phaseEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
+        self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
+        self.ui.readEchoTimesButton.connect("clicked(bool)", self.onReadEchoTimes)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def onEchoListsChanged(self):
+        if self._parameterNode:
+            self._parameterNode.magnitudeEchoes = list(self.ui.magnitudeEchoesSelector.checkedNodes())
+            self._parameterNode.phaseEchoes = list(self.ui.phaseEchoesSelector.checkedNodes())
+
+    def onPresetChanged(self, preset):
+        if self._parameterNode and preset in PRESETS:
+            for stage, method in PRESETS[preset].items():
+                setattr(self._parameterNode, stage, method)
+
+    def onReadEchoTimes(self):
+        with slicer.util.tryWithErrorDisplay(_("Could not read echo times."), waitCursor=True):
+            self.logic.fillAcquisitionFromDicom(self._parameterNode)
+
+    def _checkCanApply(self, caller=None, event=None):
+        if self._progress is not None:
+            return
+        reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.text = _("Apply")
+        self.ui.applyButton.toolTip = reason or _("Reconstruct the susceptibility map")
+        self.ui.statusLabel.text = reason or ""
+
+    def onApplyButton(self):
+        if self._progress is not None:  # the button is Cancel while running
+            self._progress.cancel()
+            return
+        if not dependencies.ensure_packages(
+                lambda missing: slicer.util.confirmOkCancelDisplay(
+                    _("QSM needs these Python packages: {packages}. Install them now?").format(
+                        packages=", ".join(missing))),
+                slicer.util.pip_install):
+            return
+        self._progress = ProgressAdapter(report=self._showProgress)
+        self.ui.applyButton.text = _("Cancel")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("QSM reconstruction failed."), waitCursor=True):
+                try:
+                    self.logic.processParameterNode(self._parameterNode, progress=self._progress)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled")
+        finally:
+            self._progress = None
+            self._checkCanApply()
+
+    def _showProgress(self, text, percent):
+        self.ui.statusLabel.text = f"{text} {percent} %"
+        slicer.app.processEvents()  # keeps Cancel clickable between solver iterations
+
+
+#
+# QSMReconstructionLogic
+#
+
+@dataclass
+class ReconstructionOutputs:
+    """Output nodes of one run, and the run's provenance (also stored on the susceptibility node)."""
+
+    susceptibility: object
+    local_field: object
+    total_field: Optional[object]
+    mask: object
+    provenance: dict = field(default_factory=dict)
+
+
+class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
+    """Nodes in, qsmlib, nodes out. Runs without a GUI (Python console, scripts, tests)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return QSMReconstructionParameterNode(super().getParameterNode())
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _inputs(parameterNode):
+        magnitude = parameterNode.magnitudeSeries or list(parameterNode.magnitudeEchoes)
+        phase = parameterNode.phaseSeries or list(parameterNode.phaseEchoes)
+        return magnitude, phase
+
+    def missingInputs(self, parameterNode):
+        """Why Apply cannot run yet ("" when it can)."""
+        magnitude, phase = self._inputs(parameterNode)
+        if not magnitude:
+            return _("Select the magnitude echoes")
+        if not phase:
+            return _("Select the phase echoes")
+        if not parameterNode.echoTimesS.strip():
+            return _("Type the echo times in seconds, or read them from DICOM")
+        return ""
+
+    def echoTimes(self, source, dicom_lookup=None):
+        """Echo times (s) from the DICOM attributes of a series, or None."""
+        return echo_times.echo_times_s(source, nodes.echo_volume_nodes(source), dicom_lookup)
+
+    def fillAcquisitionFromDicom(self, parameterNode, dicom_lookup=None):
+        """Put the DICOM echo times and field strength of the magnitude series into the parameter node."""
+        magnitude, _phase = self._inputs(parameterNode)
+        te = self.echoTimes(magnitude, dicom_lookup)
+        if te is None:
+            raise QSMInputError("the selected volumes carry no DICOM echo times; type them in seconds")
+        parameterNode.echoTimesS = ", ".join(f"{t:g}" for t in te)
+        b0 = echo_times.field_strength_t(nodes.echo_volume_nodes(magnitude), dicom_lookup)
+        if b0:
+            parameterNode.fieldStrengthT = b0
+
+    @staticmethod
+    def parseNumbers(text, what):
+        """Numbers typed as "0.004, 0.008 0.012"."""
+        try:
+            return [float(v) for v in re.split(r"[,;\s]+", text.strip()) if v]
+        except ValueError:
+            raise QSMInputError(f"{what}: '{text}' is not a list of numbers") from None
+
+    @staticmethod
+    def parseOptions(text):
+        """Method options typed as "vsharp.radii_mm=[12,8,4]; tv-admm.lam=2e-4"."""
+        options = {}
+        for item in [s for s in re.split(r"[;\n]+", text or "") if s.strip()]:
+            key, sep, value = item.partition("=")
+            method, dot, name = key.strip().partition(".")
+            if not sep or not dot:
+                raise QSMInputError(f"option '{item.strip()}': write it as METHOD.NAME=VALUE")
+            try:
+                parsed = json.loads(value.strip())
+            except ValueError:
+                parsed = value.strip()
+            options.setdefault(method, {})[name.strip()] = parsed
+        return options
+
+    def processParameterNode(self, parameterNode, progress=None):
+        """Run :meth:`process` on the parameter node's inputs and store the outputs in it."""
+        magnitude, phase = self._inputs(parameterNode)
+        outputs = self.process(
+            magnitude, phase, te_s=self.parseNumbers(parameterNode.echoTimesS, "echo times (s)"),
+            b0_t=parameterNode.fieldStrengthT, mask=parameterNode.mask, unwrap=parameterNode.unwrap,
+            bgremove=parameterNode.bgremove, inversion=parameterNode.inversion,
+            reference=parameterNode.reference, options=self.parseOptions(parameterNode.options),
+            phase_sign=-1 if parameterNode.flipPhaseSign else 1,
+            outputs=ReconstructionOutputs(parameterNode.outputSusceptibility, parameterNode.outputLocalField,
+                                          parameterNode.outputTotalField, parameterNode.outputMask),
+            progress=progress)
+        parameterNode.outputSusceptibility = outputs.susceptibility
+        parameterNode.outputLocalField = outputs.local_field
+        parameterNode.outputTotalField = outputs.total_field
+        parameterNode.outputMask = outputs.mask
+        slicer.util.setSliceViewerLayers(background=nodes.echo_volume_nodes(magnitude)[0],
+                                         foreground=outputs.susceptibility, foregroundOpacity=0.8)
+        return outputs
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def process(self, magnitude, phase, *, te_s=None, b0_t=None, mask=None, mask_segment_ids=None,
+                preset="consensus", unwrap=None, bgremove=None, inversion=None, reference="brain",
+                reference_region=None, reference_segment_ids=None, options=None, phase_sign=1,
+                output_name=None, outputs=None, progress=None, dicom_lookup=None):
+        """Reconstruct susceptibility from magnitude and phase nodes.
+
+        Parameters
+        ----------
+        magnitude, phase : list of vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode or multi-volume node
+            The echoes, in echo order. Phase in any scale (radians, DICOM integers, ...).
+        te_s : sequence of float, optional
+            Echo times in seconds; read from the DICOM attributes when not given.
+        b0_t : float, optional
+            Field strength in tesla; read from DICOM when not given.
+        mask : vtkMRMLLabelMapVolumeNode or vtkMRMLSegmentationNode, optional
+            Brain mask (labelmap > 0, or the union of ``mask_segment_ids``, default all
+            segments). Computed from the magnitude when missing.
+        preset : {"consensus", "fast"}
+            Methods for the stages not given explicitly.
+        unwrap, bgremove, inversion : str, optional
+            Method per stage (see qsmlib.pipeline).
+        reference : {"brain", "none", "region"}
+        reference_region : labelmap or segmentation node, optional
+            For ``reference="region"``.
+        options : dict, optional
+            Method options, e.g. ``{"vsharp": {"radii_mm": [12, 8, 4]}}``.
+        phase_sign : {1, -1}
+            -1 for scanners whose phase decreases with field.
+        output_name : str, optional
+            Base name of the outputs; default: the magnitude's name.
+        outputs : ReconstructionOutputs, optional
+            Existing nodes to overwrite (None members are created).
+        progress : callable(stage, fraction), optional
+            For example a :class:`qsmslicer.progress.ProgressAdapter`; may raise Cancelled.
+
+        Returns
+        -------
+        ReconstructionOutputs
+            Volumes with the input's IJKToRAS: susceptibility (ppm), local and total field
+            (Hz), and the final mask (labelmap).
+        """
+        from qsmlib.io.phase_scaling import phase_to_radians  # needs nibabel via qsmlib.io
+
+        if preset not in PRESETS:
+            raise QSMInputError(f"preset '{preset}' is unknown; choose one of {', '.join(PRESETS)}")
+        if reference not in REFERENCES:
+            raise QSMInputError(f"reference '{reference}' is unknown; choose one of {', '.join(REFERENCES)}")
+        if phase_sign not in (1, -1):
+            raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
+        methods = dict(PRESETS[preset])
+        methods.update({k: v for k, v in (("unwrap", unwrap), ("bgremove", bgremove),
+                                           ("inversion", inversion)) if v})
+
+        magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
+        phase_array, phase_node = nodes.echo_series_array(phase, "phase")
+        nodes.check_same_geometry(phase_node, reference_node, "phase")
+        if magnitude_array.shape != phase_array.shape:
+            raise QSMInputError(f"magnitude has {magnitude_array.shape[3]} echoes of shape {magnitude_array.shape[:3]} "
+                                f"but phase has {phase_array.shape[3]} of shape {phase_array.shape[:3]}")
+        echo_nodes = nodes.echo_volume_nodes(magnitude)
+        te_source = "given"
+        if te_s is None:
+            te_s = self.echoTimes(magnitude, dicom_lookup) or self.echoTimes(phase, dicom_lookup)
+            te_source = "DICOM attributes"
+            if te_s is None:
+                raise QSMInputError("echo times: none given and the volumes carry no DICOM echo times; "
+                                    "type them in seconds, e.g. 0.004, 0.008, 0.012")
+        if b0_t is None:
+            b0_t = echo_times.field_strength_t(echo_nodes, dicom_lookup)
+            if b0_t is None:
+                raise QSMInputError("field strength: none given and no DICOM MagneticFieldStrength; give it in tesla")
+
+        phase_rad, scaling = phase_to_radians(phase_array, name="phase")
+        if phase_sign == -1:
+            phase_rad = -phase_rad
+        del phase_array
+        affine = nodes.ijk_to_ras(reference_node)
+        mask_array = None if mask is None else nodes.mask_from_node(mask, reference_node, mask_segment_ids)
+        region = None
+        if reference == "region":
+            if reference_region is None:
+                raise QSMInputError("reference 'region' needs a reference region (labelmap or segmentation)")
+            region = nodes.mask_from_node(reference_region, reference_node, reference_segment_ids)
+        config = PipelineConfig(reference=reference, options=dict(options or {}), **methods)
+        b0_dir = nodes.b0_direction(reference_node)
+        result = reconstruct(magnitude=magnitude_array, phase=phase_rad, te_s=te_s, b0_t=b0_t,
+                             voxel_size=nodes.voxel_size(reference_node), b0_dir=b0_dir, mask=mask_array,
+                             config=config, reference_region=region, progress=progress)
+        for warning in result.provenance["warnings"]:
+            logging.warning("QSM: %s", warning)
+
+        provenance = dict(result.provenance)
+        provenance["inputs"] = {"magnitude": self._describe(magnitude), "phase": self._describe(phase),
+                                "echo_times_s": [float(t) for t in te_s], "echo_times_source": te_source,
+                                "b0_t": float(b0_t), "mask": None if mask is None else mask.GetName(),
+                                "phase_sign": phase_sign, "preset": preset}
+        provenance["detected"] = {"b0_dir": list(b0_dir), "b0_dir_source": "IJKToRAS of the input",
+                                  "voxel_size_mm": list(nodes.voxel_size(reference_node)),
+                                  "phase_scaling": scaling}
+        provenance["units"] = {"chi": "ppm", "total_field": "Hz", "local_field": "Hz"}
+        return self._writeOutputs(result, provenance, affine, output_name or self._baseName(magnitude),
+                                  outputs or ReconstructionOutputs(None, None, None, None),
+                                  beside=reference_node, scene=self._scene(magnitude, reference_node))
+
+    @staticmethod
+    def _scene(source, reference_node):
+        owner = source if not isinstance(source, (list, tuple)) else reference_node
+        return owner.GetScene() or slicer.mrmlScene
+
+    @staticmethod
+    def _describe(source):
+        if isinstance(source, (list, tuple)):
+            return [node.GetName() for node in source]
+        return source.GetName()
+
+    @staticmethod
+    def _baseName(source):
+        name = source[0].GetName() if isinstance(source, (list, tuple)) else source.GetName()
+        # "T2star_e1", "mag echo 1" -> "T2star", "mag"
+        return re.sub(r"[\s_-]*(e|echo)[\s_-]*\d+$", "", name, flags=re.IGNORECASE) or name
+
+    def _writeOutputs(self, result, provenance, affine, base, outputs, beside, scene):
+        chi = nodes.output_volume(scene, f"{base}_QSM", result.chi_ppm, affine,
+                                  node=outputs.susceptibility, beside=beside)
+        nodes.set_voxel_units(chi, "[ppm]", "ppm")
+        display.show_susceptibility(chi)
+        chi.SetAttribute(PROVENANCE_ATTRIBUTE, json.dumps(provenance))
+        local = nodes.output_volume(scene, f"{base}_LocalField", result.local_field_hz, affine,
+                                    node=outputs.local_field, beside=beside)
+        nodes.set_voxel_units(local, "Hz")
+        display.show_field(local, result.local_field_hz, result.mask)
+        total = None
+        if result.total_field_hz is not None:
+            total_hz = np.where(result.brain_mask, result.total_field_hz, 0).astype(np.float32)
+            total = nodes.output_volume(scene, f"{base}_TotalField", total_hz, affine,
+                                        node=outputs.total_field, beside=beside)
+            nodes.set_voxel_units(total, "Hz")
+            display.show_field(total, total_hz, result.brain_mask)
+        mask = nodes.output_volume(scene, f"{base}_QSMMask", result.mask.astype(np.uint8), affine,
+                                   node=outputs.mask, class_name="vtkMRMLLabelMapVolumeNode", beside=beside)
+        return ReconstructionOutputs(chi, local, total, mask, provenance)
+
+    # -- sample data ----------------------------------------------------------------------------
+
+    def addSimulatedHead(self, scene=None, voxel_size_mm=2.0, b0_dir=None, seed=0, as_sequence=False):
+        """Simulate the multi-echo head (generated locally, no download) into the scene.
+
+        Returns ``(magnitude, phase, truth)``: ``magnitude`` and ``phase`` are lists of
+        scalar volumes (one per echo) or, with ``as_sequence``, Sequence nodes indexed
+        by EchoTime in ms; ``truth`` is the qsmlib SimulatedGRE with the true maps.
+        """
+        from qsmlib.simulation import load_head_phantom, simulate_gre
+
+        scene = scene or slicer.mrmlScene
+        truth = simulate_gre(load_head_phantom(voxel_size_mm), b0_dir=b0_dir, seed=seed)
+        series = []
+        for kind, data in (("Magnitude", truth.magnitude), ("Phase", truth.phase)):
+            volumes = []
+            for echo in range(data.shape[3]):
+                volume = nodes.output_volume(scene, f"SimulatedHead_{kind}_e{echo + 1}", data[..., echo],
+                                             truth.affine)
+                volumes.append(volume)
+            if as_sequence:
+                sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"SimulatedHead_{kind}")
+                sequence.SetIndexName("EchoTime")
+                sequence.SetIndexUnit("ms")
+                for volume, te in zip(volumes, truth.te_s):
+                    sequence.SetDataNodeAtValue(volume, f"{1000 * te:g}")
+                for volume in volumes:
+                    scene.RemoveNode(volume)
+                series.append(sequence)
+            else:
+                series.append(volumes)
+        return series[0], series[1], truth
+
+
+#
+# QSMReconstructionTest
+#
+
+class QSMReconstructionTest(ScriptedLoadableModuleTest):
+    """Self-test for users who run it inside Slicer (Reload and Test)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_simulated_head()
+
+    def test_simulated_head(self):
+        from qsmlib.workflow import accuracy_metrics
+
+        self.delayDisplay("Simulating the head at 2 mm")
+        logic = QSMReconstructionLogic()
+        magnitude, phase, truth = logic.addSimulatedHead(voxel_size_mm=2.0)
+        outputs = logic.process(magnitude, phase, te_s=list(truth.te_s), b0_t=truth.b0_t)
+        chi = nodes.array_from_volume(outputs.susceptibility)
+        mask = nodes.array_from_volume(outputs.mask) > 0
+        metrics = accuracy_metrics(chi, truth.chi_ppm, mask & truth.brain_mask, truth.labels,
+                                   {k: t for k, t in truth_tissues().items()})
+        self.assertLess(metrics["dgm_max_abs_error_ppm"], 0.03)
+        self.assertTrue(np.allclose(nodes.ijk_to_ras(outputs.susceptibility), truth.affine))
+        self.delayDisplay("Test passed")
+
+
+def truth_tissues():
+    from qsmlib.simulation import load_head_phantom
+
+    return load_head_phantom(2.0).tissues

@@ -1,0 +1,409 @@
+"""ROI Susceptibility: susceptibility statistics per segment, in a table node with units.
+
+The Logic creates the usual deep grey matter segments, computes mean, median,
+SD, minimum, maximum, voxel count and volume per segment (optionally relative
+to a reference region), fills a table node, makes a bar plot and exports CSV.
+"""
+
+import logging
+from typing import Annotated, Optional
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from qsmlib.errors import QSMInputError
+from qsmslicer import nodes
+
+#: The deep grey matter segments: name and colour (RGB 0-255). The paired nuclei
+#: use the FreeSurfer colour table's colours for caudate, putamen, pallidum and
+#: thalamus; the midbrain and cerebellar nuclei get distinct colours of their own.
+DEEP_GREY_MATTER_SEGMENTS = (
+    ("Left caudate", (122, 186, 220)),
+    ("Right caudate", (122, 186, 220)),
+    ("Left putamen", (236, 13, 176)),
+    ("Right putamen", (236, 13, 176)),
+    ("Left globus pallidus", (12, 48, 255)),
+    ("Right globus pallidus", (12, 48, 255)),
+    ("Left thalamus", (0, 118, 14)),
+    ("Right thalamus", (0, 118, 14)),
+    ("Substantia nigra", (130, 60, 20)),
+    ("Red nucleus", (220, 20, 60)),
+    ("Dentate nucleus", (255, 165, 0)),
+)
+
+#: Table columns: name, unit, description. SD is the population SD of the segment's voxels.
+STATISTICS_COLUMNS = (
+    ("Segment", "", "Segment name"),
+    ("Mean", "ppm", "Mean susceptibility"),
+    ("Median", "ppm", "Median susceptibility"),
+    ("SD", "ppm", "Standard deviation of the susceptibility over the segment's voxels"),
+    ("Min", "ppm", "Minimum susceptibility"),
+    ("Max", "ppm", "Maximum susceptibility"),
+    ("Voxel count", "voxels", "Number of voxels in the segment"),
+    ("Volume", "mm3", "Segment volume"),
+)
+REFERENCES = ("none", "brain", "segment")
+#: Table attributes that record the reference.
+REFERENCE_ATTRIBUTE = "QSM.Reference"
+REFERENCE_OFFSET_ATTRIBUTE = "QSM.ReferenceOffsetPpm"
+
+
+#
+# ROISusceptibility
+#
+
+class ROISusceptibility(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ROI Susceptibility")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerQSM developers"]
+        self.parent.helpText = _(
+            "Susceptibility statistics per segment (mean, median, SD, min, max in ppm, voxel count, "
+            "volume in mm3) in a table, a bar plot and CSV. One click creates the deep grey matter "
+            "segments to draw in the Segment Editor. Values can be referenced to the whole brain or "
+            "to a segment.")
+        self.parent.acknowledgementText = _("Built on QSMLib.")
+
+
+#
+# Parameter node
+#
+
+@parameterNodeWrapper
+class ROISusceptibilityParameterNode:
+    susceptibility: Optional[vtkMRMLScalarVolumeNode]
+    segmentation: Optional[vtkMRMLSegmentationNode]
+    reference: Annotated[str, Choice(list(REFERENCES))] = "none"
+    referenceSegmentName: str = ""
+    brainMask: Optional[vtkMRMLNode]
+    outputTable: Optional[vtkMRMLTableNode]
+
+
+#
+# ROISusceptibilityWidget
+#
+
+class ROISusceptibilityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the GUI to the parameter node; every computation is in the Logic."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ROISusceptibility.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ROISusceptibilityLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.createSegmentsButton.connect("clicked(bool)", self.onCreateSegments)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Compute statistics per segment")
+        self.ui.createSegmentsButton.enabled = self._parameterNode is not None and \
+            self._parameterNode.susceptibility is not None
+        self.ui.exportButton.enabled = self._parameterNode is not None and self._parameterNode.outputTable is not None
+
+    def onCreateSegments(self):
+        with slicer.util.tryWithErrorDisplay(_("Could not create the segments."), waitCursor=True):
+            parameters = self._parameterNode
+            if parameters.segmentation is None:
+                parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", f"{parameters.susceptibility.GetName()}_DGM")
+                parameters.segmentation.CreateDefaultDisplayNodes()
+            self.logic.createDeepGreyMatterSegments(parameters.segmentation, parameters.susceptibility)
+            slicer.util.selectModule("SegmentEditor")
+
+    def onApplyButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Could not compute the statistics."), waitCursor=True):
+            table = self.logic.processParameterNode(self._parameterNode)
+            chart = self.logic.createBarPlot(table)
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+
+    def onExportButton(self):
+        path = qt.QFileDialog.getSaveFileName(None, _("Export statistics"), "", "CSV (*.csv)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not write the CSV file."), waitCursor=True):
+                self.logic.exportCsv(self._parameterNode.outputTable, path)
+
+
+#
+# ROISusceptibilityLogic
+#
+
+class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
+    """Segments, statistics table, plot and CSV. Runs without a GUI."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return ROISusceptibilityParameterNode(super().getParameterNode())
+
+    def missingInputs(self, parameterNode):
+        if parameterNode.susceptibility is None:
+            return _("Select a susceptibility volume")
+        if parameterNode.segmentation is None:
+            return _("Select a segmentation, or create the deep grey matter segments")
+        if parameterNode.reference == "segment" and not parameterNode.referenceSegmentName:
+            return _("Type the name of the reference segment")
+        return ""
+
+    def processParameterNode(self, parameterNode):
+        segmentation = parameterNode.segmentation
+        reference_id = None
+        if parameterNode.reference == "segment":
+            reference_id = self.segmentIdByName(segmentation, parameterNode.referenceSegmentName)
+        table = self.computeStatistics(parameterNode.susceptibility, segmentation,
+                                       reference=parameterNode.reference, reference_segment_id=reference_id,
+                                       brain_mask=parameterNode.brainMask, table=parameterNode.outputTable)
+        parameterNode.outputTable = table
+        return table
+
+    # -- segments -------------------------------------------------------------------------------
+
+    @staticmethod
+    def segmentIdByName(segmentation_node, name):
+        segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            raise QSMInputError(f"segmentation '{segmentation_node.GetName()}' has no segment named '{name}'")
+        return segment_id
+
+    def createDeepGreyMatterSegments(self, segmentation_node, reference_volume=None):
+        """Add the empty deep grey matter segments, standard names and colours.
+
+        Segments whose name already exists are kept as they are. With a
+        reference volume, the segmentation is drawn on that volume's voxels.
+        Returns the IDs of the deep grey matter segments, in
+        :data:`DEEP_GREY_MATTER_SEGMENTS` order.
+        """
+        if reference_volume is not None:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        segmentation = segmentation_node.GetSegmentation()
+        ids = []
+        for name, rgb in DEEP_GREY_MATTER_SEGMENTS:
+            segment_id = segmentation.GetSegmentIdBySegmentName(name)
+            if not segment_id:
+                segment_id = segmentation.AddEmptySegment("", name, [c / 255.0 for c in rgb])
+            ids.append(segment_id)
+        return ids
+
+    # -- statistics -----------------------------------------------------------------------------
+
+    @staticmethod
+    def regionStatistics(values, voxel_volume_mm3):
+        """Mean, median, SD (population), min, max, count and volume of a set of voxel values."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            nan = float("nan")
+            return {"Mean": nan, "Median": nan, "SD": nan, "Min": nan, "Max": nan, "Voxel count": 0, "Volume": 0.0}
+        return {"Mean": float(values.mean()), "Median": float(np.median(values)), "SD": float(values.std()),
+                "Min": float(values.min()), "Max": float(values.max()), "Voxel count": int(values.size),
+                "Volume": float(values.size * voxel_volume_mm3)}
+
+    def computeStatistics(self, volume_node, segmentation_node, segment_ids=None, *, reference="none",
+                          reference_segment_id=None, brain_mask=None, table=None):
+        """Statistics per segment of ``volume_node`` (ppm) into a table node.
+
+        Parameters
+        ----------
+        volume_node : vtkMRMLScalarVolumeNode
+            Susceptibility map in ppm.
+        segmentation_node : vtkMRMLSegmentationNode
+            Segments are resampled onto the volume's voxels (Slicer's export).
+        segment_ids : list of str, optional
+            Default: every segment.
+        reference : {"none", "brain", "segment"}
+            Subtract the mean over the whole brain or over a segment from mean,
+            median, min and max (SD, count and volume do not change).
+        reference_segment_id : str, optional
+            For ``reference="segment"``.
+        brain_mask : labelmap or segmentation node, optional
+            The whole brain for ``reference="brain"``; default: the voxels where
+            the map is non-zero (QSM outputs are 0 outside their mask).
+        table : vtkMRMLTableNode, optional
+            Table to overwrite; default: a new one named after the volume.
+
+        Returns
+        -------
+        vtkMRMLTableNode
+            One row per segment; columns :data:`STATISTICS_COLUMNS` with units.
+        """
+        if reference not in REFERENCES:
+            raise QSMInputError(f"reference '{reference}' is unknown; choose one of {', '.join(REFERENCES)}")
+        chi = nodes.array_from_volume(volume_node, np.float64)
+        voxel_volume = float(np.prod(nodes.voxel_size(volume_node)))
+        ids = list(segment_ids) if segment_ids else nodes.segment_ids(segmentation_node)
+        segmentation = segmentation_node.GetSegmentation()
+        offset, reference_label = 0.0, "none"
+        if reference == "brain":
+            region = (nodes.mask_from_node(brain_mask, volume_node) if brain_mask is not None else chi != 0)
+            reference_label = f"whole brain ({brain_mask.GetName() if brain_mask is not None else 'non-zero voxels'})"
+        elif reference == "segment":
+            if not reference_segment_id:
+                raise QSMInputError("reference 'segment' needs a reference segment")
+            region = nodes.segment_mask(segmentation_node, [reference_segment_id], volume_node)
+            reference_label = f"segment {segmentation.GetSegment(reference_segment_id).GetName()}"
+        if reference != "none":
+            if not region.any():
+                raise QSMInputError(f"reference region ({reference_label}) is empty; draw it or choose another")
+            offset = float(chi[region].mean())
+
+        rows = []
+        for segment_id in ids:
+            mask = nodes.segment_mask(segmentation_node, [segment_id], volume_node)
+            stats = self.regionStatistics(chi[mask], voxel_volume)
+            for key in ("Mean", "Median", "Min", "Max"):
+                stats[key] -= offset
+            rows.append((segmentation.GetSegment(segment_id).GetName(), stats))
+
+        scene = volume_node.GetScene()
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(
+                f"{volume_node.GetName()}_statistics"))
+        self._fillTable(table, rows)
+        table.SetAttribute(REFERENCE_ATTRIBUTE, reference_label)
+        table.SetAttribute(REFERENCE_OFFSET_ATTRIBUTE, repr(offset))
+        table.SetAttribute("QSM.Volume", volume_node.GetName())
+        logging.info("ROI statistics of %s over %d segments, reference %s (%.4f ppm)",
+                     volume_node.GetName(), len(rows), reference_label, offset)
+        return table
+
+    @staticmethod
+    def _fillTable(table, rows):
+        was_modifying = table.StartModify()
+        table.RemoveAllColumns()
+        for name, unit, description in STATISTICS_COLUMNS:
+            if name == "Segment":
+                column = vtk.vtkStringArray()
+            elif name == "Voxel count":
+                column = vtk.vtkIntArray()
+            else:
+                column = vtk.vtkDoubleArray()
+            column.SetName(name)
+            for segment_name, stats in rows:
+                if name == "Segment":
+                    column.InsertNextValue(segment_name)
+                else:
+                    column.InsertNextValue(stats[name])
+            table.AddColumn(column)
+            table.SetColumnUnitLabel(name, unit)
+            table.SetColumnDescription(name, description)
+            # SetColumnTitle replaced SetColumnLongName in recent Slicer versions
+            set_title = getattr(table, "SetColumnTitle", None) or table.SetColumnLongName
+            set_title(name, f"{name} ({unit})" if unit else name)
+        table.EndModify(was_modifying)
+
+    # -- plot and export ------------------------------------------------------------------------
+
+    def createBarPlot(self, table, chart=None):
+        """A bar chart of the mean per segment (the SD is in the table: MRML plots have no error bars)."""
+        scene = table.GetScene()
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table.GetName()} mean")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        series.SetLabelColumnName("Segment")
+        series.SetYColumnName("Mean")
+        if chart is None:
+            chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{table.GetName()} chart")
+        chart.RemoveAllPlotSeriesNodeIDs()
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Mean susceptibility per segment")
+        chart.SetYAxisTitle("Mean susceptibility (ppm)")
+        chart.SetXAxisTitle("Segment")
+        return chart
+
+    @staticmethod
+    def exportCsv(table, path):
+        """Write the table as CSV (Slicer's table storage node; units go to the .schema.csv beside it)."""
+        storage = slicer.vtkMRMLTableStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.WriteData(table):
+            raise QSMInputError(f"could not write '{path}'; check the folder exists and is writable")
+        return str(path)
+
+
+#
+# ROISusceptibilityTest
+#
+
+class ROISusceptibilityTest(ScriptedLoadableModuleTest):
+    """Self-test for users who run it inside Slicer (Reload and Test)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_statistics_on_known_values()
+
+    def test_statistics_on_known_values(self):
+        values = np.zeros((10, 8, 6), np.float32)
+        values[1:4, 1:4, 1:3] = 0.2
+        chi = nodes.output_volume(slicer.mrmlScene, "chi", values, np.diag([1.0, 1.0, 2.0, 1.0]))
+        labels = (values > 0).astype(np.uint8)
+        labelmap = nodes.output_volume(slicer.mrmlScene, "labels", labels, np.diag([1.0, 1.0, 2.0, 1.0]),
+                                       class_name="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        table = ROISusceptibilityLogic().computeStatistics(chi, segmentation)
+        self.assertAlmostEqual(table.GetTable().GetValueByName(0, "Mean").ToDouble(), 0.2, places=6)
+        self.assertEqual(table.GetTable().GetValueByName(0, "Voxel count").ToInt(), 18)
+        self.assertAlmostEqual(table.GetTable().GetValueByName(0, "Volume").ToDouble(), 36.0)
+        self.delayDisplay("Test passed")

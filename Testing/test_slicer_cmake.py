@@ -1,0 +1,61 @@
+"""Static checks of the Slicer extension: CMake lists every module file, modules follow the template."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QSM_DIR = REPO / "QSM"
+MODULES = ("QSMReconstruction", "SWI", "ROISusceptibility")
+PACKAGED_SUFFIXES = (".py", ".ui", ".png")
+
+
+def _cmake_listed(cmake_file, module_name):
+    text = cmake_file.read_text()
+    text = re.sub(r"#[^\n]*", "", text).replace("${MODULE_NAME}", module_name)
+    return set(re.findall(r"[\w./-]+\.(?:py|ui|png)\b", text))
+
+
+def _module_files(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.suffix in PACKAGED_SUFFIXES and "__pycache__" not in p.parts}
+
+
+def test_every_module_is_added_and_the_extension_adds_qsm():
+    top = re.sub(r"#[^\n]*", "", (REPO / "CMakeLists.txt").read_text())
+    assert re.search(r"add_subdirectory\(\s*QSM\s*\)", top)
+    added = set(re.findall(r"add_subdirectory\(\s*(\w+)\s*\)", re.sub(r"#[^\n]*", "", (QSM_DIR / "CMakeLists.txt").read_text())))
+    with_cmake = {p.parent.name for p in QSM_DIR.glob("*/CMakeLists.txt")}
+    assert added == with_cmake
+    assert set(MODULES) | {"QSMCommon"} <= added
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in QSM_DIR.glob("*/CMakeLists.txt")))
+def test_cmake_lists_every_file_of_the_module(folder):
+    directory = QSM_DIR / folder
+    listed = _cmake_listed(directory / "CMakeLists.txt", folder)
+    present = _module_files(directory)
+    assert present, folder
+    assert present == listed, {"not listed": present - listed, "listed but missing": listed - present}
+    assert "slicerMacroBuildScriptedModule" in (directory / "CMakeLists.txt").read_text()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_follows_the_template_and_the_widget_does_not_compute(module):
+    path = QSM_DIR / module / f"{module}.py"
+    tree = ast.parse(path.read_text())
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for suffix in ("", "Widget", "Logic", "Test", "ParameterNode"):
+        assert module + suffix in classes, f"{module}{suffix} missing"
+    assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in classes[module + "ParameterNode"].decorator_list)
+    widget = ast.unparse(classes[module + "Widget"])
+    for forbidden in ("np.", "qsmlib", "reconstruct(", "qsm_swi.", "array_from_volume"):
+        assert forbidden not in widget, f"{module}Widget uses {forbidden}"
+    assert "tryWithErrorDisplay" in widget and "connectGui" in widget
+    ui = (QSM_DIR / module / "Resources" / "UI" / f"{module}.ui").read_text()
+    bound = set(re.findall(r'name="SlicerParameterName"[^>]*>\s*<string>(\w+)</string>', ui))
+    parameters = {node.target.id for node in classes[module + "ParameterNode"].body if isinstance(node, ast.AnnAssign)}
+    assert bound and bound <= parameters, bound - parameters
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)]
