@@ -136,7 +136,8 @@ class StageRecorder:
             self.progress(stage, float(min(max(fraction, 0.0), 1.0)))
 
     @contextmanager
-    def stage(self, stage, method, parameters):
+    def stage(self, stage, method="", parameters=None):
+        parameters = parameters or {}
         record = {"stage": stage, "method": method, "parameters": _jsonable(parameters)}
         max_iter = parameters.get("max_iter")
         self._report(stage, 0.0)
@@ -165,6 +166,12 @@ def _call(func, args, parameters, b0_dir, callback):
     if "callback" in accepted:
         extra["callback"] = callback
     return func(*args, **parameters, **extra)
+
+
+def software_info():
+    """Name and versions of the software, for provenance records."""
+    return {"name": "QSMLib", "version": __version__, "python": platform.python_version(),
+            "numpy": np.__version__}
 
 
 def phase_sign_check(chi_ppm, r2star_hz, mask, *, top_fraction=PHASE_SIGN_TOP_FRACTION):
@@ -320,8 +327,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                             "(--phase-sign -1) if this is not a lesion-dominated scan")
 
     provenance = {
-        "software": {"name": "QSMLib", "version": __version__, "python": platform.python_version(),
-                     "numpy": np.__version__},
+        "software": software_info(),
         "config": _jsonable(asdict(config)),
         "acquisition": {"b0_t": b0_t, "te_s": None if te_s is None else [float(t) for t in te_s],
                         "voxel_size_mm": list(voxel_size), "b0_dir": list(b0_dir)},

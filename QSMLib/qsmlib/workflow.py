@@ -20,7 +20,7 @@ from .errors import QSMInputError
 from .io import (OutputDirectory, find_megre, load_field, load_mask, load_multi_echo, megre_names,
                  save_nifti, write_megre)
 from .metrics import hfen, nrmse, region_errors
-from .pipeline import INVERSION_METHODS, PipelineConfig, reconstruct
+from .pipeline import INVERSION_METHODS, PipelineConfig, StageRecorder, reconstruct, software_info
 from .reference import reference_whole_brain
 from .report import html_report, overview_image, write_png, write_text
 from .validation import as_b0_dir, check_b0
@@ -147,7 +147,7 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
     provenance["detected"] = {"b0_dir": list(direction), "b0_dir_source": direction_source,
                               "voxel_size_mm": list(voxel_size_from_affine(affine)),
                               "phase_scaling": None if data is None else data.phase_scaling}
-    provenance["command"] = " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("qsm") else None
+    provenance["command"] = _command()
     provenance["units"] = {"chi": "ppm", "total_field": "Hz", "local_field": "Hz"}
     result.provenance = provenance
     write = stage.path
@@ -316,28 +316,6 @@ NOMINAL_B0_T = 3.0
 SWI_HIGHPASS = ("homodyne", "field")
 
 
-class _Stage:
-    """Reports one stage to a ``progress(stage, fraction)`` callback: 0 on entry, 1 on success."""
-
-    def __init__(self, progress, name):
-        self.progress, self.name = progress, name
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress(self.name, 0.0)
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and self.progress is not None:
-            self.progress(self.name, 1.0)
-        return False
-
-
-def _software():
-    import platform
-    return {"name": "QSMLib", "version": __version__, "python": platform.python_version(), "numpy": np.__version__}
-
-
 def _command():
     return " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("qsm") else None
 
@@ -383,7 +361,7 @@ def _brain_mask_for(magnitude, voxel_size, mask_file, affine, progress):
     """The given mask, or the automatic brain mask; with its source."""
     from .masking import brain_mask
 
-    with _Stage(progress, "mask"):
+    with StageRecorder(progress).stage("mask"):
         if mask_file is not None:
             return load_mask(mask_file, magnitude.shape[:3], affine), str(mask_file)
         mask = brain_mask(magnitude, voxel_size)
@@ -427,12 +405,12 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
         voxel_size = voxel_size_from_affine(data.affine)
         mask, mask_source = _brain_mask_for(data.magnitude, voxel_size, mask_file, data.affine, progress)
         if highpass == "homodyne":
-            with _Stage(progress, "SWI (homodyne)"):
+            with StageRecorder(progress).stage("SWI (homodyne)"):
                 result = swi(data.magnitude, data.phase, mask, voxel_size, te_s=data.te_s, **options)
         else:
-            with _Stage(progress, "total field"):
+            with StageRecorder(progress).stage("total field"):
                 field = fit_multi_echo_field(data.magnitude, data.phase, data.te_s, mask, voxel_size).field_hz
-            with _Stage(progress, "SWI (field high-pass)"):
+            with StageRecorder(progress).stage("SWI (field high-pass)"):
                 result = swi_from_field(data.magnitude, field, mask, voxel_size, te_s=data.te_s, **options)
         _save_swi(stage.path, "", result, data.affine)
         parameters = _swi_parameters(func, options, result, voxel_size, highpass, mip_slices)
@@ -444,7 +422,7 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
         if mask_file is not None:
             inputs["mask"] = str(mask_file)
         _write_json(stage.path("provenance.json"), {
-            "software": _software(), "command": _command(), "inputs": inputs,
+            "software": software_info(), "command": _command(), "inputs": inputs,
             "detected": {"voxel_size_mm": list(voxel_size), "phase_scaling": data.phase_scaling},
             "mask": {"source": mask_source, "voxels": int(mask.sum())},
             "swi": parameters,
@@ -474,11 +452,12 @@ def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subje
             magnitude_files=magnitude_files, te_s=te_s, bids_dir=bids_dir, subject=subject, session=session)
         voxel_size = voxel_size_from_affine(affine)
         mask, mask_source = _brain_mask_for(magnitude, voxel_size, mask_file, affine, progress)
-        with _Stage(progress, f"R2* ({method})") as current:
+        name = f"R2* ({method})"
+        with StageRecorder(progress).stage(name):
             callback = None
             if method == "nlls" and progress is not None:
                 def callback(iteration, residual):
-                    progress(current.name, min(0.99, 1.0 - residual))
+                    progress(name, min(0.99, 1.0 - residual))
             maps = r2star_map(magnitude, te, mask, method=method, noise_sd=noise_sd, floor_snr=floor_snr,
                               callback=callback)
         _save_r2star(stage.path, "", maps, affine)
@@ -486,7 +465,7 @@ def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subje
         if mask_file is not None:
             inputs["mask"] = str(mask_file)
         _write_json(stage.path("provenance.json"), {
-            "software": _software(), "command": _command(), "inputs": inputs,
+            "software": software_info(), "command": _command(), "inputs": inputs,
             "detected": {"voxel_size_mm": list(voxel_size)},
             "mask": {"source": mask_source, "voxels": int(mask.sum())},
             "r2star": _r2star_parameters(maps, mask, floor_snr, noise_sd),
@@ -567,7 +546,7 @@ def _write_also(stage, prefix, data, result, also, also_options, progress):
     extra = {}
     if "swi" in also:
         options = _check_function_options(swi_from_field, also_options.get("swi"), "swi")
-        with _Stage(progress, "SWI (local field)"):
+        with StageRecorder(progress).stage("SWI (local field)"):
             swi_result = swi_from_field(data.magnitude, result.local_field_hz, result.mask, voxel_size,
                                         te_s=data.te_s, **options)
         _save_swi(stage.path, prefix, swi_result, data.affine)
@@ -581,7 +560,7 @@ def _write_also(stage, prefix, data, result, also, also_options, progress):
             raise QSMInputError(f"r2star has no option {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
         options.setdefault("noise_sd", "auto")
         options.setdefault("floor_snr", DEFAULT_FLOOR_SNR)
-        with _Stage(progress, "R2*"):
+        with StageRecorder(progress).stage("R2*"):
             maps = r2star_map(data.magnitude, data.te_s, result.brain_mask, **options)
         _save_r2star(stage.path, prefix, maps, data.affine)
         extra["r2star"] = _r2star_parameters(maps, result.brain_mask, options["floor_snr"], options["noise_sd"])
