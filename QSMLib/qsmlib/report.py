@@ -13,6 +13,8 @@ import numpy as np
 
 #: Susceptibility display window in ppm (as in the Slicer modules).
 CHI_WINDOW_PPM = 0.15
+#: Colour of the voxels outside the mask in susceptibility pictures.
+OUTSIDE_RGB = (48, 48, 48)
 
 
 def write_png(path, image):
@@ -93,10 +95,15 @@ def overview_image(maps, mask, voxel_size):
     coords = np.argwhere(mask)
     centre = coords.mean(axis=0) if coords.size else np.array(mask.shape) / 2
     rows = []
+    outside = [~tile for tile in orthogonal_slices(mask, centre, voxel_size)]
     for _title, volume, kind in maps:
         tiles = orthogonal_slices(volume, centre, voxel_size)
         if kind == "chi":
-            rows.append([diverging_rgb(t, CHI_WINDOW_PPM) for t in tiles])
+            # outside the mask in dark grey, so that 0 ppm (white) is not confused with "no data"
+            coloured = [diverging_rgb(t, CHI_WINDOW_PPM) for t in tiles]
+            for picture, out in zip(coloured, outside):
+                picture[out] = OUTSIDE_RGB
+            rows.append(coloured)
         else:
             inside = volume[mask] if mask.any() else volume.ravel()
             low, high = np.percentile(inside, [1, 99.5])
@@ -116,7 +123,8 @@ def html_report(title, image_name, row_titles, tables, notes=()):
              "text-align:right}th{background:#eee}caption{font-weight:bold;text-align:left}</style>",
              f"</head><body><h1>{esc(title)}</h1>",
              f"<p>Rows, top to bottom: {esc(', '.join(row_titles))}. Columns: axial, coronal, sagittal. "
-             f"Susceptibility window: -{CHI_WINDOW_PPM} (blue) to +{CHI_WINDOW_PPM} ppm (red).</p>",
+             f"Susceptibility window: -{CHI_WINDOW_PPM} (blue) to +{CHI_WINDOW_PPM} ppm (red); "
+             "grey: outside the mask.</p>",
              f"<img src='{esc(image_name)}' alt='overview'>"]
     for caption, header, rows in tables:
         parts.append(f"<table><caption>{esc(caption)}</caption><tr>"
