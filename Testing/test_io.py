@@ -193,3 +193,21 @@ def test_output_directory_is_atomic_and_refuses_overwrite(tmp_path):
     with OutputDirectory(out, ["a.txt"], force=True) as stage:
         open(stage.path("a.txt"), "w").write("new")
     assert (out / "a.txt").read_text() == "new"
+
+
+def test_library_imports_without_nibabel():
+    """3D Slicer ships numpy and scipy but not nibabel: only file I/O may need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'nibabel':\n"
+            "            raise ImportError('nibabel is blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import qsmlib.io, qsmlib.io.phase_scaling, qsmlib.pipeline, qsmlib.swi, qsmlib.relaxometry\n"
+            "print('ok')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"

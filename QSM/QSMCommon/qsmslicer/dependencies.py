@@ -8,7 +8,7 @@ never when a module opens.
 import importlib.util
 
 #: import name -> pip requirement, for packages Slicer does not ship.
-EXTRA_PACKAGES = {"nibabel": "nibabel>=3.2"}
+EXTRA_PACKAGES = {"nibabel": "nibabel>=3.2", "skimage": "scikit-image>=0.19"}
 
 
 def missing_packages():

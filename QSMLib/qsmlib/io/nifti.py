@@ -1,10 +1,13 @@
-"""NIfTI reading and atomic writing. The only place that turns NIfTI files into arrays."""
+"""NIfTI reading and atomic writing. The only place that turns NIfTI files into arrays.
+
+nibabel is imported when a file is read or written, so that the rest of
+QSMLib imports without it (3D Slicer does not ship nibabel).
+"""
 
 import os
 import tempfile
 import zlib
 
-import nibabel as nib
 import numpy as np
 
 from ..errors import QSMInputError
@@ -18,6 +21,8 @@ def load_nifti(path, *, name=None):
     QSMInputError
         If the file is missing, is not NIfTI, or is corrupt.
     """
+    import nibabel as nib
+
     path = os.fspath(path)
     name = name or path
     if not os.path.exists(path):
@@ -46,6 +51,8 @@ def load_nifti(path, *, name=None):
 
 def save_nifti(path, data, affine, *, dtype=np.float32, description=None):
     """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
+    import nibabel as nib
+
     path = os.fspath(path)
     image = nib.Nifti1Image(np.asarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm", "sec")
