@@ -8,7 +8,9 @@ import time, and only where slicer-core does not provide it:
 - ``slicer.ScriptedLoadableModule``: the four base classes, with no behaviour;
 - ``slicer.parameterNodeWrapper``: the decorator returns the class unchanged;
   the validators are inert markers;
-- ``slicer.i18n``: ``tr`` and ``translate`` return the text.
+- ``slicer.i18n``: ``tr`` and ``translate`` return the text;
+- ``SampleData`` (a scripted module of full Slicer), only where a test asks for
+  it: :func:`sample_data_stand_in` records the sample data sources registered.
 """
 
 import sys
@@ -94,6 +96,41 @@ class SceneLogics:
         self.scene.SetCacheManager(cache)
         self.scene.SetDataIOManager(io_manager)
         self.logics += [cache, io_manager]
+
+
+class SampleDataRegistry:
+    """Records ``SampleData.SampleDataLogic.registerCustomSampleDataSource`` calls.
+
+    The keywords are those of Slicer's function. Like Slicer's SampleDataSource,
+    it refuses a source whose URIs are not a list or string, or whose URI, file
+    name and node name lists differ in length, so a registration that would
+    fail in Slicer fails here.
+    """
+
+    def __init__(self):
+        self.sources = []
+
+    def registerCustomSampleDataSource(self, category="Custom", sampleName=None, uris=None, fileNames=None,
+                                       nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                       loadFileTypes=None, loadFiles=None, loadFileProperties=None,
+                                       checksums=None):
+        if isinstance(uris, str):
+            uris, fileNames, nodeNames = [uris], [fileNames], [nodeNames]
+        if not isinstance(uris, (list, tuple)):
+            raise TypeError("SampleDataSource needs uris as a list or a string")
+        nodeNames = [None] * len(uris) if nodeNames is None else nodeNames
+        if fileNames is None or not len(uris) == len(fileNames) == len(nodeNames):
+            raise ValueError("All fields of sample data source must have the same length")
+        self.sources.append({"category": category, "sampleName": sampleName, "uris": list(uris),
+                             "thumbnailFileName": thumbnailFileName, "customDownloader": customDownloader})
+
+
+def sample_data_stand_in():
+    """A ``SampleData`` module whose ``SampleDataLogic`` records registrations; put it in sys.modules."""
+    registry = SampleDataRegistry()
+    module = types.ModuleType("SampleData")
+    module.SampleDataLogic = registry
+    return module, registry
 
 
 install_stand_ins()

@@ -42,6 +42,19 @@ def test_cmake_lists_every_file_of_the_module(folder):
     assert "slicerMacroBuildScriptedModule" in (directory / "CMakeLists.txt").read_text()
 
 
+def _mixin_class():
+    tree = ast.parse((QSM_DIR / "QSMCommon" / "qsmslicer" / "widget.py").read_text())
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ParameterNodeWidgetMixin")
+
+
+def test_shared_widget_mixin_connects_the_parameter_node_without_qt():
+    source = ast.unparse(_mixin_class())
+    assert "connectGui" in source and "disconnectGui" in source and "StartCloseEvent" in source
+    imported = {alias.name for node in ast.walk(ast.parse((QSM_DIR / "QSMCommon" / "qsmslicer" / "widget.py").read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    assert not imported & {"qt", "ctk"}
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_follows_the_template_and_the_widget_does_not_compute(module):
     path = QSM_DIR / module / f"{module}.py"
@@ -53,7 +66,14 @@ def test_module_follows_the_template_and_the_widget_does_not_compute(module):
     widget = ast.unparse(classes[module + "Widget"])
     for forbidden in ("np.", "qsmlib", "reconstruct(", "qsm_swi.", "array_from_volume"):
         assert forbidden not in widget, f"{module}Widget uses {forbidden}"
-    assert "tryWithErrorDisplay" in widget and "connectGui" in widget
+    assert "tryWithErrorDisplay" in widget
+    # the template's parameter-node scaffolding comes from the shared mixin, listed first so it wins
+    bases = [ast.unparse(b) for b in classes[module + "Widget"].bases]
+    assert bases[0] == "ParameterNodeWidgetMixin" and "ScriptedLoadableModuleWidget" in bases, bases
+    own = {n.name for n in classes[module + "Widget"].body if isinstance(n, ast.FunctionDef)}
+    shared = {n.name for n in _mixin_class().body if isinstance(n, ast.FunctionDef)}
+    assert not own & shared, f"{module}Widget repeats {own & shared}"
+    assert "connectScene" in widget and "_checkCanApply" in own
     ui = (QSM_DIR / module / "Resources" / "UI" / f"{module}.ui").read_text()
     bound = set(re.findall(r'name="SlicerParameterName"[^>]*>\s*<string>(\w+)</string>', ui))
     parameters = {node.target.id for node in classes[module + "ParameterNode"].body if isinstance(node, ast.AnnAssign)}

@@ -1,6 +1,9 @@
 """QSM Reconstruction Logic and the shared Slicer glue, on real MRML nodes from slicer-core."""
 
+import inspect
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +15,11 @@ import vtk
 
 from qsmlib import Cancelled, QSMInputError
 from qsmlib.dipole import b0_direction_from_affine
-from qsmlib.simulation import load_head_phantom
+from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.workflow import accuracy_metrics
 from qsmslicer import display, echo_times, nodes
 from qsmslicer.progress import ProgressAdapter
+import QSMReconstruction
 from QSMReconstruction import QSMReconstructionLogic
 
 #: The issue's bound on deep grey matter means after whole-brain referencing (ppm).
@@ -233,3 +237,39 @@ def test_progress_adapter_weights_stages():
     adapter.cancel()
     with pytest.raises(Cancelled):
         adapter("dipole inversion", 0.5)
+
+
+def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(monkeypatch):
+    module, registry = slicer_support.sample_data_stand_in()
+    monkeypatch.setitem(sys.modules, "SampleData", module)
+    # the Module connects the registration to Slicer's startup, as the extension template does
+    module_init = inspect.getsource(QSMReconstruction.QSMReconstruction.__init__)
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in module_init
+    QSMReconstruction.registerSampleData()
+    assert [s["sampleName"] for s in registry.sources] == ["QSMSimulatedHead2mm", "QSMSimulatedHead1mm"]
+    for source in registry.sources:
+        assert source["category"] == "QSM" and source["uris"] == []  # nothing to download
+        icon = Path(source["thumbnailFileName"])
+        assert icon.parent == Path(QSMReconstruction.__file__).parent / "Resources" / "Icons"
+        assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert registry.sources[1]["customDownloader"].keywords == {"voxel_size_mm": 1.0}
+
+    context = slicer_support.SceneLogics()  # also sets slicer.mrmlScene, where the loader adds its nodes
+    loaded = registry.sources[0]["customDownloader"]("the SampleDataSource")  # as Sample Data's button calls it
+    magnitude, phase, browser = loaded
+    truth = simulate_gre(load_head_phantom(2.0), seed=0)
+    for sequence, expected in ((magnitude, truth.magnitude), (phase, truth.phase)):
+        assert sequence.GetScene() is context.scene and sequence.IsA("vtkMRMLSequenceNode")
+        assert sequence.GetNumberOfDataNodes() == 5
+        assert QSMReconstructionLogic().echoTimes(sequence) == pytest.approx(list(truth.te_s))
+        for echo in range(5):
+            volume = sequence.GetNthDataNode(echo)
+            assert volume.IsA("vtkMRMLScalarVolumeNode")
+            np.testing.assert_array_equal(nodes.array_from_volume(volume), expected[..., echo])
+            np.testing.assert_array_equal(nodes.ijk_to_ras(volume), truth.affine)
+    # the browser steps through the echoes: its proxies are real volumes in the scene
+    assert browser.GetMasterSequenceNode() is magnitude and browser.IsSynchronizedSequenceNode(phase.GetID())
+    browser.SetSelectedItemNumber(2)
+    np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(phase)), truth.phase[..., 2])
+    np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(magnitude)), truth.magnitude[..., 2])
+    assert truth.b0_t == 3.0  # the parameter node's default field strength

@@ -114,10 +114,7 @@ def test_deep_grey_matter_segments_plot_and_csv(known, tmp_path):
     assert counts["Left caudate"] == 0 and counts["Pallidum"] == 48  # new segments are empty
     assert np.isnan(_column(table, "Mean")[3])
     chart = logic.createBarPlot(table)
-    series = chart.GetNthPlotSeriesNode(0)
-    assert series.GetTableNode() is table and series.GetYColumnName() == "Mean"
-    assert series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeBar
-    assert chart.GetYAxisTitle() == "Mean susceptibility (ppm)"
+    _check_bar_plot(chart, table)
     path = logic.exportCsv(table, tmp_path / "stats.csv")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -126,6 +123,47 @@ def test_deep_grey_matter_segments_plot_and_csv(known, tmp_path):
     assert float(rows[0]["Volume"]) == pytest.approx(24 * VOXEL_MM3)
     schema = (tmp_path / "stats.schema.csv").read_text()
     assert "ppm" in schema and "mm3" in schema
+
+
+def _check_bar_plot(chart, table):
+    """Bars of the table's means, and marks at mean - SD and mean + SD on the same rows."""
+    assert chart.GetNumberOfPlotSeriesNodes() == 3
+    bars, low, high = (chart.GetNthPlotSeriesNode(n) for n in range(3))
+    assert bars.GetTableNode() is table and bars.GetYColumnName() == "Mean"
+    assert bars.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeBar and bars.GetLabelColumnName() == "Segment"
+    means, sds = np.array(_column(table, "Mean")), np.array(_column(table, "SD"))
+    for series, column, expected in ((low, "Mean - SD", means - sds), (high, "Mean + SD", means + sds)):
+        bounds = series.GetTableNode()
+        assert bounds is not table and bounds.GetScene() is table.GetScene()
+        assert series.GetYColumnName() == column and bounds.GetColumnUnitLabel(column) == "ppm"
+        # no X column: line and bar series are drawn at the row index, so marks sit on their bars
+        assert series.GetXColumnName() == "" and bars.GetXColumnName() == ""
+        assert not series.IsXColumnRequired() and not bars.IsXColumnRequired()
+        assert series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeLine
+        assert series.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleNone
+        assert series.GetMarkerStyle() != slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone
+        np.testing.assert_allclose(_column(bounds, column), expected, rtol=0, atol=1e-12)  # NaN where empty
+    assert chart.GetYAxisTitle() == "Mean susceptibility (ppm)"
+
+
+def test_bar_plot_error_marks_follow_the_table(known):
+    _context, volume, segmentation, chi, labels, brain, brain_node = known
+    logic = ROISusceptibilityLogic()
+    table = logic.computeStatistics(volume, segmentation)
+    chart = logic.createBarPlot(table)
+    _check_bar_plot(chart, table)
+    caudate = chi[labels == 1].astype(np.float64)
+    low = chart.GetNthPlotSeriesNode(1)
+    assert _column(low.GetTableNode(), "Mean - SD")[0] == pytest.approx(caudate.mean() - caudate.std(), abs=1e-9)
+    assert _column(chart.GetNthPlotSeriesNode(2).GetTableNode(), "Mean + SD")[2] == pytest.approx(-0.05, abs=1e-7)
+    # recomputed against the brain: the same table and chart, the marks move with the means
+    bounds = low.GetTableNode()
+    logic.computeStatistics(volume, segmentation, reference="brain", brain_mask=brain_node, table=table)
+    assert logic.createBarPlot(table, chart) is chart
+    _check_bar_plot(chart, table)
+    assert chart.GetNthPlotSeriesNode(1).GetTableNode() is bounds
+    shift = chi[brain].astype(np.float64).mean()
+    assert _column(bounds, "Mean - SD")[0] == pytest.approx(caudate.mean() - caudate.std() - shift, abs=1e-9)
 
 
 def _check_reloaded(scene, chi, labels, table_means):

@@ -4,15 +4,16 @@ The Logic is the adapter: nodes in, qsmlib.pipeline.reconstruct, nodes out. The
 Widget only wires the GUI to the parameter node and calls the Logic.
 """
 
+import functools
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
 import numpy as np
 import slicer
-import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -25,6 +26,7 @@ from qsmlib.errors import Cancelled, QSMInputError
 from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, UNWRAP_METHODS, PipelineConfig, reconstruct
 from qsmslicer import dependencies, display, echo_times, nodes
 from qsmslicer.progress import ProgressAdapter
+from qsmslicer.widget import ParameterNodeWidgetMixin
 
 #: Method per stage for each preset. "consensus" follows the 2024 QSM consensus
 #: (exact unwrapping, V-SHARP, TV-regularised inversion, whole-brain reference);
@@ -56,6 +58,71 @@ class QSMReconstruction(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Built on QSMLib. The simulated head derives from the QSM reconstruction challenge 2.0 "
             "head model (NeuroPoly, MIT licence).")
+        # The simulated head appears in the Sample Data module once Slicer has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: the simulated multi-echo head, generated here on click (no download)
+#
+
+SAMPLE_DATA_CATEGORY = "QSM"
+#: Sample name -> voxel size (mm). 2 mm simulates in a few seconds; 1 mm is the phantom's own grid.
+SAMPLE_DATA_VOXEL_SIZES_MM = {"QSMSimulatedHead2mm": 2.0, "QSMSimulatedHead1mm": 1.0}
+SAMPLE_DATA_ICON = "QSMSimulatedHead.png"
+
+
+def registerSampleData():
+    """Register the simulated head in the Sample Data module.
+
+    Nothing is downloaded: each entry has no URI and a loader that simulates
+    the 5-echo 3 T acquisition from the head phantom shipped with qsmlib
+    (:func:`loadSimulatedHead`); Sample Data calls it with its data source.
+    """
+    import SampleData
+
+    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", SAMPLE_DATA_ICON)
+    for name, voxel_size_mm in SAMPLE_DATA_VOXEL_SIZES_MM.items():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=SAMPLE_DATA_CATEGORY, sampleName=name, thumbnailFileName=icon,
+            uris=[], fileNames=[], nodeNames=[],
+            customDownloader=functools.partial(loadSimulatedHead, voxel_size_mm=voxel_size_mm))
+
+
+def loadSimulatedHead(source=None, voxel_size_mm=2.0, scene=None):
+    """Sample Data loader: simulate the multi-echo head into the scene.
+
+    Adds magnitude and phase as Sequence nodes indexed by EchoTime (ms), so QSM
+    Reconstruction and SWI read the echo times from them, and a sequence
+    browser that steps through the echoes. Field strength: 3 T.
+
+    Parameters
+    ----------
+    source : SampleData.SampleDataSource, optional
+        Passed by the Sample Data module; not used.
+    voxel_size_mm : float
+        Isotropic voxel size of the simulation.
+    scene : vtkMRMLScene, optional
+        Default: ``slicer.mrmlScene``.
+
+    Returns
+    -------
+    list
+        ``[magnitude sequence, phase sequence, sequence browser]``, or an empty
+        list when the user declines installing a missing package.
+    """
+    if not dependencies.ensure_packages_in_slicer(
+            _("The simulated head needs these Python packages: {packages}. Install them now?")):
+        return []
+    logic = QSMReconstructionLogic()
+    scene = scene or slicer.mrmlScene
+    magnitude, phase, _truth = logic.addSimulatedHead(scene, voxel_size_mm=voxel_size_mm, as_sequence=True)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "SimulatedHead")
+    browser.SetAndObserveMasterSequenceNodeID(magnitude.GetID())
+    browser.AddSynchronizedSequenceNode(phase)
+    if hasattr(slicer, "app"):  # full Slicer: show the first echo's magnitude
+        slicer.util.setSliceViewerLayers(background=browser.GetProxyNode(magnitude), fit=True)
+    return [magnitude, phase, browser]
 
 
 #
@@ -90,15 +157,13 @@ class QSMReconstructionParameterNode:
 # QSMReconstructionWidget
 #
 
-class QSMReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the GUI to the parameter node; every computation is in the Logic."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._progress = None
 
     def setup(self):
@@ -109,47 +174,13 @@ class QSMReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = QSMReconstructionLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         # Checkable lists have no parameter-node connector: copy their checked nodes by hand.
         self.ui.magnitudeEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
         self.ui.phaseEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
         self.ui.readEchoTimesButton.connect("clicked(bool)", self.onReadEchoTimes)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.initializeParameterNode()
-
-    def cleanup(self):
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+        self.connectScene(slicer.mrmlScene)
 
     def onEchoListsChanged(self):
         if self._parameterNode:
@@ -178,11 +209,8 @@ class QSMReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._progress is not None:  # the button is Cancel while running
             self._progress.cancel()
             return
-        if not dependencies.ensure_packages(
-                lambda missing: slicer.util.confirmOkCancelDisplay(
-                    _("QSM needs these Python packages: {packages}. Install them now?").format(
-                        packages=", ".join(missing))),
-                slicer.util.pip_install):
+        if not dependencies.ensure_packages_in_slicer(
+                _("QSM needs these Python packages: {packages}. Install them now?")):
             return
         self._progress = ProgressAdapter(report=self._showProgress)
         self.ui.applyButton.text = _("Cancel")

@@ -22,6 +22,7 @@ from slicer.util import VTKObservationMixin
 
 from qsmlib.errors import QSMInputError
 from qsmslicer import nodes
+from qsmslicer.widget import ParameterNodeWidgetMixin
 
 #: The deep grey matter segments: name and colour (RGB 0-255). The paired nuclei
 #: use the FreeSurfer colour table's colours for caudate, putamen, pallidum and
@@ -55,6 +56,8 @@ REFERENCES = ("none", "brain", "segment")
 #: Table attributes that record the reference.
 REFERENCE_ATTRIBUTE = "QSM.Reference"
 REFERENCE_OFFSET_ATTRIBUTE = "QSM.ReferenceOffsetPpm"
+#: Node reference from a statistics table to the mean - SD / mean + SD table of its plot.
+ERROR_BAR_TABLE_REFERENCE = "QSMErrorBars"
 
 
 #
@@ -94,15 +97,13 @@ class ROISusceptibilityParameterNode:
 # ROISusceptibilityWidget
 #
 
-class ROISusceptibilityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the GUI to the parameter node; every computation is in the Logic."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -111,44 +112,10 @@ class ROISusceptibilityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ROISusceptibilityLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.createSegmentsButton.connect("clicked(bool)", self.onCreateSegments)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
-        self.initializeParameterNode()
-
-    def cleanup(self):
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+        self.connectScene(slicer.mrmlScene)
 
     def _checkCanApply(self, caller=None, event=None):
         reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
@@ -353,21 +320,67 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
     # -- plot and export ------------------------------------------------------------------------
 
     def createBarPlot(self, table, chart=None):
-        """A bar chart of the mean per segment (the SD is in the table: MRML plots have no error bars)."""
+        """A bar chart of the mean per segment with mean - SD and mean + SD whisker marks.
+
+        MRML plot series have no error bars, so the SD is drawn as two marker-only
+        line series, "Mean - SD" and "Mean + SD", from a small table beside the
+        statistics table (``<table> error bars``, refreshed on every call). Bar and
+        line series without an X column are drawn at the row index, so each mark
+        sits on its segment's bar. Returns the chart node.
+        """
         scene = table.GetScene()
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table.GetName()} mean")
-        series.SetAndObserveTableNodeID(table.GetID())
-        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
-        series.SetLabelColumnName("Segment")
-        series.SetYColumnName("Mean")
+        values = table.GetTable()
+        means = [values.GetValueByName(row, "Mean").ToDouble() for row in range(values.GetNumberOfRows())]
+        sds = [values.GetValueByName(row, "SD").ToDouble() for row in range(values.GetNumberOfRows())]
+        bounds = self._errorBarTable(table)
+        was_modifying = bounds.StartModify()
+        bounds.RemoveAllColumns()
+        for name, column_values in (("Mean - SD", [m - s for m, s in zip(means, sds)]),
+                                    ("Mean + SD", [m + s for m, s in zip(means, sds)])):
+            column = vtk.vtkDoubleArray()
+            column.SetName(name)
+            for value in column_values:
+                column.InsertNextValue(value)
+            bounds.AddColumn(column)
+            bounds.SetColumnUnitLabel(name, "ppm")
+        bounds.EndModify(was_modifying)
+
+        mean = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table.GetName()} mean")
+        mean.SetAndObserveTableNodeID(table.GetID())
+        mean.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        mean.SetLabelColumnName("Segment")
+        mean.SetYColumnName("Mean")
+        mean.SetColor(0.45, 0.6, 0.85)
+        series = [mean]
+        for name in ("Mean - SD", "Mean + SD"):
+            whisker = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table.GetName()} {name}")
+            whisker.SetAndObserveTableNodeID(bounds.GetID())
+            whisker.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
+            whisker.SetYColumnName(name)
+            whisker.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+            whisker.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCross)
+            whisker.SetMarkerSize(12)
+            whisker.SetColor(0.0, 0.0, 0.0)
+            series.append(whisker)
         if chart is None:
             chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{table.GetName()} chart")
         chart.RemoveAllPlotSeriesNodeIDs()
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Mean susceptibility per segment")
+        for node in series:
+            chart.AddAndObservePlotSeriesNodeID(node.GetID())
+        chart.SetTitle("Mean susceptibility per segment (marks: mean - SD, mean + SD)")
         chart.SetYAxisTitle("Mean susceptibility (ppm)")
         chart.SetXAxisTitle("Segment")
         return chart
+
+    @staticmethod
+    def _errorBarTable(table):
+        """The table of mean - SD and mean + SD beside ``table`` (created on first use)."""
+        scene = table.GetScene()
+        bounds = table.GetNodeReference(ERROR_BAR_TABLE_REFERENCE)
+        if bounds is None:
+            bounds = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{table.GetName()} error bars")
+            table.SetNodeReferenceID(ERROR_BAR_TABLE_REFERENCE, bounds.GetID())
+        return bounds
 
     @staticmethod
     def exportCsv(table, path):

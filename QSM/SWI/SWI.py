@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import numpy as np
 import slicer
-import vtk
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -22,6 +21,7 @@ from slicer.util import VTKObservationMixin
 from qsmlib import swi as qsm_swi
 from qsmlib.errors import QSMInputError
 from qsmslicer import dependencies, echo_times, nodes
+from qsmslicer.widget import ParameterNodeWidgetMixin
 
 
 #
@@ -67,15 +67,13 @@ class SWIParameterNode:
 # SWIWidget
 #
 
-class SWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SWIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the GUI to the parameter node; every computation is in the Logic."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -84,45 +82,11 @@ class SWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SWILogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.magnitudeEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
         self.ui.phaseEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
         self.ui.readEchoTimesButton.connect("clicked(bool)", self.onReadEchoTimes)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.initializeParameterNode()
-
-    def cleanup(self):
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+        self.connectScene(slicer.mrmlScene)
 
     def onEchoListsChanged(self):
         if self._parameterNode:
@@ -140,11 +104,8 @@ class SWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = reason or ""
 
     def onApplyButton(self):
-        if not dependencies.ensure_packages(
-                lambda missing: slicer.util.confirmOkCancelDisplay(
-                    _("SWI needs these Python packages: {packages}. Install them now?").format(
-                        packages=", ".join(missing))),
-                slicer.util.pip_install):
+        if not dependencies.ensure_packages_in_slicer(
+                _("SWI needs these Python packages: {packages}. Install them now?")):
             return
         with slicer.util.tryWithErrorDisplay(_("SWI failed."), waitCursor=True):
             self.logic.processParameterNode(self._parameterNode)

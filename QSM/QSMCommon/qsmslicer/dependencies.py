@@ -32,3 +32,17 @@ def ensure_packages(confirm, install):
         install(requirement)
     importlib.invalidate_caches()
     return not missing_packages()
+
+
+def ensure_packages_in_slicer(question):
+    """:func:`ensure_packages` with Slicer's OK/Cancel dialog and ``slicer.util.pip_install``.
+
+    ``question`` is the (translated) text of the dialog with a ``{packages}``
+    field, e.g. "QSM needs these Python packages: {packages}. Install them now?".
+    The dialog only opens when a package is missing.
+    """
+    import slicer.util
+
+    return ensure_packages(
+        lambda missing: slicer.util.confirmOkCancelDisplay(question.format(packages=", ".join(missing))),
+        lambda requirement: slicer.util.pip_install(requirement))
