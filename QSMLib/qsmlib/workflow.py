@@ -46,9 +46,18 @@ def _write_json(path, data):
 
 
 def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
-                    subject=None, session=None, phase_sign=1, phase_unwrapped=False):
-    """Load multi-echo inputs from files or a BIDS dataset (see :func:`run_qsm`)."""
+                    subject=None, session=None, phase_sign=1, phase_unwrapped=False, dicom_dir=None):
+    """Load multi-echo inputs from files, a BIDS dataset or a DICOM folder (see :func:`run_qsm`)."""
     bids = None
+    if dicom_dir is not None:
+        from .io.dicom import load_dicom
+
+        if phase_unwrapped:
+            raise QSMInputError("--phase-unwrapped does not apply to --dicom: DICOM phase is wrapped scanner phase")
+        data = load_dicom(dicom_dir, te_s=te_s, b0_t=b0_t, phase_sign=phase_sign)
+        log.info("DICOM: %s", "; ".join(data.sources["dicom_series"]))
+        log.info("phase: %s", data.phase_scaling["detected"])
+        return data, None
     if bids_dir is not None:
         bids = find_megre(bids_dir, subject=subject, session=session)
         magnitude_files, phase_files = bids["magnitude"], bids["phase"]
@@ -69,10 +78,11 @@ def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=N
 def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
             subject=None, session=None, total_field_file=None, local_field_file=None, mask_file=None,
             reference_mask_file=None, config=None, b0_dir=None, phase_sign=1, phase_unwrapped=False,
-            force=False, progress=None, also=(), also_options=None):
+            force=False, progress=None, also=(), also_options=None, dicom_dir=None):
     """Reconstruct susceptibility from files and write maps and provenance to ``out_dir``.
 
-    Start from multi-echo magnitude and phase (files or ``bids_dir``), from a
+    Start from multi-echo magnitude and phase (files, ``bids_dir``, or a DICOM
+    folder or file list ``dicom_dir``), from a
     total field map in Hz (``total_field_file``), or from a local field map in
     Hz (``local_field_file``). Writes :data:`RUN_OUTPUTS`, and with ``also``
     ("swi", "r2star") the maps of :data:`ALSO_OUTPUTS` beside them
@@ -92,7 +102,7 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
                            total_field_file=total_field_file, local_field_file=local_field_file,
                            mask_file=mask_file, reference_mask_file=reference_mask_file, config=config,
                            b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
-                           progress=progress, loaded=loaded)
+                           progress=progress, loaded=loaded, dicom_dir=dicom_dir)
         if also:
             _write_also(stage, "", loaded["data"], result, also, also_options or {}, progress)
     return result
@@ -100,13 +110,14 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
 
 def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_dir, subject, session,
               total_field_file, local_field_file, mask_file, reference_mask_file, config, b0_dir,
-              phase_sign, phase_unwrapped, progress, loaded=None):
+              phase_sign, phase_unwrapped, progress, loaded=None, dicom_dir=None):
     inputs = {}
     data = None
     if total_field_file is None and local_field_file is None:
         data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
                                      b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
-                                     phase_sign=phase_sign, phase_unwrapped=phase_unwrapped)
+                                     phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
+                                     dicom_dir=dicom_dir)
         affine, shape, b0_t = data.affine, data.shape, data.b0_t
         if loaded is not None:
             loaded["data"] = data
@@ -574,3 +585,51 @@ def _write_also(stage, prefix, data, result, also, also_options, progress):
     provenance["units"] = units
     result.provenance = provenance
     _write_json(stage.path(prefix + "provenance.json"), provenance)
+
+
+# --- DICOM --------------------------------------------------------------------------------------
+
+def dicom_to_bids(dicom_dir, out_dir, *, subject="01", session=None, te_s=None, b0_t=None, force=False):
+    """Convert a multi-echo GRE DICOM acquisition to a BIDS MEGRE dataset (phase in radians).
+
+    Returns
+    -------
+    MultiEchoData
+        What was read; the dataset is what ``qsm run --bids`` reads.
+    """
+    from .io.dicom import load_dicom
+
+    if not subject or not subject.isalnum():
+        raise QSMInputError(f"--subject {subject!r}: give letters and digits only (the BIDS label)")
+    data = load_dicom(dicom_dir, te_s=te_s, b0_t=b0_t)
+    log.info("DICOM: %s", "; ".join(data.sources["dicom_series"]))
+    log.info("phase: %s", data.phase_scaling["detected"])
+    names = megre_names(subject, data.magnitude.shape[3], session)
+    with OutputDirectory(out_dir, names, force=force) as stage:
+        write_megre(stage.path, subject, data.magnitude, data.phase, data.te_s, data.b0_t, data.affine,
+                    session=session, dataset_name="QSMLib conversion of DICOM")
+    return data
+
+
+def export_dicom(chi_file, reference_dir, out_dir, *, series_description="QSM susceptibility (ppm)", force=False):
+    """Write a susceptibility map (NIfTI, ppm) as a derived DICOM series of the reference series.
+
+    Returns
+    -------
+    dict
+        ``names``, ``series_instance_uid`` and ``rescale_slope`` (ppm per stored unit).
+    """
+    from .io.dicom import collect_series
+    from .io.dicom_export import series_file_names, write_qsm_series
+
+    chi, affine = load_field(chi_file)
+    reference = collect_series(reference_dir, require_parts=False)
+    shape = reference.shape
+    if chi.shape != shape:
+        raise QSMInputError(f"{chi_file}: shape {chi.shape} differs from the reference series grid {shape}; "
+                            "export only maps computed from that series")
+    with OutputDirectory(out_dir, series_file_names(shape[2]), force=force) as stage:
+        written = write_qsm_series(stage.path, chi, affine, reference, series_description=series_description)
+    log.info("DICOM series %s: %d slices, %g ppm per stored unit", written["series_instance_uid"],
+             len(written["names"]), written["rescale_slope"])
+    return written
