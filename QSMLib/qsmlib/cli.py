@@ -103,7 +103,7 @@ def _get_parser():
     run = sub.add_parser("run", help="reconstruct a susceptibility map from multi-echo GRE data",
                          description="Writes DIR/chi.nii.gz (ppm), mask.nii.gz, total_field.nii.gz (Hz), "
                                      "local_field.nii.gz (Hz) and provenance.json.")
-    src = run.add_argument_group("input (one of: --mag/--phase, --bids, --total-field, --local-field)")
+    src = run.add_argument_group("input (one of: --mag/--phase, --bids, --dicom, --total-field, --local-field)")
     src.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
     src.add_argument("--phase", nargs="+", metavar="F",
                      help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
@@ -115,6 +115,10 @@ def _get_parser():
     src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
     src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
     src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
+    src.add_argument("--dicom", nargs="+", metavar="DIR",
+                     help="DICOM folder(s) or files of one multi-echo GRE acquisition (magnitude and phase, or "
+                          "real and imaginary); echo times (s) and field strength (T) from the headers unless "
+                          "--te/--b0 are given; vendor phase scaling converted to radians")
     src.add_argument("--total-field", metavar="F", help="start from a total field map in Hz (needs --mask, --b0)")
     src.add_argument("--local-field", metavar="F", help="start from a local field map in Hz (needs --mask, --b0)")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -154,11 +158,40 @@ def _get_parser():
 
     _add_swi_parser(sub)
     _add_r2star_parser(sub)
+    _add_batch_parser(sub)
+    _add_dicom_parsers(sub)
 
     demo = sub.add_parser("demo", help="simulate the head phantom, reconstruct it, and write a report")
     demo.add_argument("--out", default="qsm-demo", metavar="DIR", help="output folder (default qsm-demo)")
     demo.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return parser
+
+
+def _add_dicom_parsers(sub):
+    d2b = sub.add_parser("dicom2bids", help="convert a multi-echo GRE DICOM acquisition to a BIDS MEGRE dataset",
+                         description="Writes BIDS_DIR/sub-S/anat/sub-S_echo-N_part-mag|phase_MEGRE.nii.gz with "
+                                     "JSON sidecars (EchoTime in s, MagneticFieldStrength in T); phase in radians.")
+    d2b.add_argument("dicom", nargs="+", metavar="DIR", help="DICOM folder(s) or files of one acquisition")
+    d2b.add_argument("--out", required=True, metavar="BIDS_DIR", help="output BIDS folder")
+    d2b.add_argument("--subject", default="01", metavar="S", help="subject label, letters and digits (default 01)")
+    d2b.add_argument("--session", metavar="S", help="session label (default: none)")
+    d2b.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
+                     help="echo times in seconds; default: EchoTime of the headers")
+    d2b.add_argument("--b0", type=_positive_float, metavar="T",
+                     help="field strength in tesla; default: MagneticFieldStrength")
+    d2b.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+    exp = sub.add_parser("export-dicom", help="write a susceptibility map (ppm) as a derived DICOM series",
+                         description="Writes DIR/QSM_0001.dcm ...: a DERIVED\\SECONDARY MR series of the "
+                                     "reference study, values in ppm through RescaleSlope/RescaleIntercept "
+                                     "(0.001 ppm or better), window centre 0 ppm, width 0.3 ppm.")
+    exp.add_argument("chi", metavar="CHI", help="susceptibility NIfTI in ppm on the reference grid (qsm run --dicom)")
+    exp.add_argument("--reference", required=True, nargs="+", metavar="DIR",
+                     help="the source DICOM folder(s) or files the map was computed from")
+    exp.add_argument("--out", required=True, metavar="DIR", help="output folder for the DICOM files")
+    exp.add_argument("--description", default="QSM susceptibility (ppm)", metavar="TEXT",
+                     help="SeriesDescription; keep QSM and the unit ppm in it (default 'QSM susceptibility (ppm)')")
+    exp.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
 def _add_multi_echo_source(p, *, phase):
@@ -314,16 +347,19 @@ def _dispatch(args, progress):
     from . import workflow
 
     if args.command == "run":
-        sources = [bool(args.mag or args.phase), bool(args.bids), bool(args.total_field), bool(args.local_field)]
+        sources = [bool(args.mag or args.phase), bool(args.bids), bool(args.total_field), bool(args.local_field),
+                   bool(args.dicom)]
         if sum(sources) != 1:
-            raise QSMInputError("give exactly one input: --mag/--phase, --bids, --total-field or --local-field")
+            raise QSMInputError("give exactly one input: --mag/--phase, --bids, --dicom, --total-field or "
+                                "--local-field")
         also_options = _split_also_options(args)
         workflow.run_qsm(args.out, magnitude_files=args.mag, phase_files=args.phase, te_s=args.te, b0_t=args.b0,
                          bids_dir=args.bids, subject=args.subject, session=args.session,
                          total_field_file=args.total_field, local_field_file=args.local_field,
                          mask_file=args.mask, reference_mask_file=args.reference_mask, config=_config(args),
                          b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
-                         force=args.force, progress=progress, also=args.also, also_options=also_options)
+                         force=args.force, progress=progress, also=args.also, also_options=also_options,
+                         dicom_dir=args.dicom)
         extra = "".join(f", {name}" for name in args.also)
         print(f"qsm: wrote {args.out}/chi.nii.gz (ppm){extra} and provenance.json", file=sys.stderr)
     elif args.command == "swi":
@@ -356,11 +392,66 @@ def _dispatch(args, progress):
         workflow.simulate_dataset(args.out, voxel_size_mm=args.voxel_size, b0_t=args.b0, te_s=args.te, snr=args.snr,
                                   subject=args.subject, b0_dir=args.b0_dir, seed=args.seed, force=args.force)
         print(f"qsm: wrote the simulated BIDS dataset to {args.out}", file=sys.stderr)
+    elif args.command == "dicom2bids":
+        workflow.dicom_to_bids(args.dicom, args.out, subject=args.subject, session=args.session, te_s=args.te,
+                               b0_t=args.b0, force=args.force)
+        print(f"qsm: wrote the BIDS dataset to {args.out}", file=sys.stderr)
+    elif args.command == "export-dicom":
+        if "qsm" not in args.description.lower() or "ppm" not in args.description.lower():
+            raise QSMInputError(f"--description {args.description!r}: must say QSM and ppm")
+        written = workflow.export_dicom(args.chi, args.reference, args.out, series_description=args.description,
+                                        force=args.force)
+        print(f"qsm: wrote {len(written['names'])} DICOM files to {args.out} "
+              f"({written['rescale_slope']:g} ppm per stored unit)", file=sys.stderr)
+    elif args.command == "batch":
+        return _run_batch(args)
     elif args.command == "demo":
         _result, metrics = workflow.run_demo(args.out, force=args.force, progress=progress)
         print(f"qsm: demo written to {args.out}: NRMSE {metrics['nrmse_percent']:.1f} %, worst deep grey "
               f"matter error {metrics['dgm_max_abs_error_ppm']:.4f} ppm; open {args.out}/report.html",
               file=sys.stderr)
+
+
+def _add_batch_parser(sub):
+    p = sub.add_parser("batch", help="reconstruct every subject of a BIDS dataset on Dask (resumable, with QC)",
+                       description="Writes a BIDS derivatives dataset: sub-X[/ses-Y]/anat/sub-X[_ses-Y]_Chimap.nii.gz "
+                                   "(ppm) with mask, fields (Hz) and a provenance sidecar per subject, QC montages, "
+                                   "index.html, batch_report.json and batch_summary.txt. Finished, unchanged "
+                                   "subjects are skipped. Exit status 1 when some subject failed.")
+    p.add_argument("bids_dir", metavar="BIDS_DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
+    p.add_argument("--out", required=True, metavar="DIR", help="derivatives folder (e.g. BIDS_DIR/../qsm-derivatives)")
+    p.add_argument("--participant-label", nargs="+", metavar="S", help="only these subjects (without sub-)")
+    p.add_argument("--scheduler", default="local", metavar="local|ADDRESS|FILE|slurm|pbs|...",
+                   help="local (default): a Dask cluster on this machine; tcp://HOST:PORT or a scheduler file: "
+                        "an existing Dask scheduler; slurm, pbs, sge, lsf, htcondor, moab, oar: jobs through "
+                        "dask-jobqueue (configured in ~/.config/dask/jobqueue.yaml)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (local: default one per core, fewer if memory is short) or jobs")
+    p.add_argument("--threads-per-worker", type=int, default=1, metavar="N", help="threads per worker (default 1)")
+    p.add_argument("--labels-pattern", metavar="PATTERN",
+                   help="label image per subject relative to BIDS_DIR, with {subject} and {session}, e.g. "
+                        "derivatives/truth/sub-{subject}/anat/sub-{subject}_dseg.nii.gz (names from the .tsv "
+                        "beside it); writes regions.csv")
+    p.add_argument("--force", action="store_true", help="recompute finished subjects too")
+    _add_pipeline_options(p)
+
+
+def _run_batch(args):
+    from .batch import main_exit_status, run_batch
+
+    if args.mask or args.reference_mask:
+        raise QSMInputError("qsm batch computes each subject's own mask; --mask and --reference-mask "
+                            "apply to qsm run only")
+    if any(method in ("swi", "r2star") for method, _key, _value in args.option):
+        raise QSMInputError("qsm batch writes susceptibility maps only; --option swi.* / r2star.* apply to qsm run")
+    report = run_batch(args.bids_dir, args.out, participant_labels=args.participant_label,
+                       scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                       labels_pattern=args.labels_pattern, force=args.force, config=_config(args),
+                       b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped)
+    counts = report["counts"]
+    print(f"qsm: batch: {counts['done']} processed, {counts['skipped']} unchanged, {counts['failed']} failed; "
+          f"see {args.out}/index.html and {args.out}/batch_summary.txt", file=sys.stderr)
+    return main_exit_status(report)
 
 
 def main(argv=None):
@@ -373,14 +464,14 @@ def main(argv=None):
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     try:
-        _dispatch(args, ProgressPrinter(quiet=args.quiet))
+        status = _dispatch(args, ProgressPrinter(quiet=args.quiet))
     except QSMInputError as exc:
         print(f"qsm: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except (KeyboardInterrupt, Cancelled):
         print("qsm: cancelled; no outputs were written", file=sys.stderr)
         return EXIT_CANCELLED
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
