@@ -12,7 +12,7 @@ from qsmlib.constants import hz_per_ppm
 from qsmlib.dipole import b0_direction_from_affine
 from qsmlib.inversion import tv_admm
 from qsmlib.metrics import nrmse
-from qsmlib.pipeline import PipelineConfig, reconstruct
+from qsmlib.pipeline import reconstruct
 from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.workflow import DGM_STRUCTURES, accuracy_metrics, run_qsm
 

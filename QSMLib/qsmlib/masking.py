@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from . import fourier
 from .errors import QSMInputError
-from .validation import as_volume, as_voxel_size
+from .validation import as_volume, as_voxel_size, check_number
 
 #: Default radius (mm) of the opening that separates the brain from the scalp.
 DEFAULT_OPENING_MM = 4.0
@@ -138,8 +138,8 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
     """
     image = combined_magnitude(magnitude)
     voxel_size = as_voxel_size(voxel_size)
-    opening_mm = _as_radius(opening_mm, "opening_mm")
-    erode_mm = _as_radius(erode_mm, "erode_mm")
+    opening_mm = check_number(opening_mm, "opening_mm", unit=" mm")
+    erode_mm = check_number(erode_mm, "erode_mm", unit=" mm")
     if threshold is None:
         threshold = auto_threshold(image)
     else:
@@ -237,7 +237,7 @@ def sphere_structure(voxel_size, radius_mm):
     one sampled sphere serves mask morphology and the SMV kernel of the
     background-removal methods, so erosion and filtering agree voxel for voxel.
     """
-    return _sphere_structure(as_voxel_size(voxel_size), _as_radius(radius_mm, "radius_mm"))
+    return _sphere_structure(as_voxel_size(voxel_size), check_number(radius_mm, "radius_mm", unit=" mm"))
 
 
 def sphere_padded_shape(shape, voxel_size, radius_mm):
@@ -264,7 +264,7 @@ def sphere_spectrum(shape, voxel_size, radius_mm, *, normalized=False):
     """
     shape = tuple(int(n) for n in shape)
     voxel_size = as_voxel_size(voxel_size)
-    radius_mm = _as_radius(radius_mm, "radius_mm")
+    radius_mm = check_number(radius_mm, "radius_mm", unit=" mm")
     ball_shape = _sphere_structure(voxel_size, radius_mm).shape
     if len(shape) != 3 or any(b > n for b, n in zip(ball_shape, shape)):
         raise QSMInputError(f"radius_mm: a sphere of {radius_mm} mm ({ball_shape[0]} x {ball_shape[1]} x "
@@ -429,18 +429,8 @@ def _morphology_args(mask, voxel_size, radius_mm):
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise QSMInputError(f"mask: got shape {mask.shape}; give a 3D mask")
-    return mask.astype(bool, copy=False), as_voxel_size(voxel_size), _as_radius(radius_mm,
-                                                                                "radius_mm")
-
-
-def _as_radius(radius_mm, name):
-    try:
-        radius = float(radius_mm)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"{name}: {radius_mm!r} is not a number; give a radius in mm") from None
-    if not np.isfinite(radius) or radius < 0:
-        raise QSMInputError(f"{name}: {radius_mm!r} must be a radius >= 0 in mm")
-    return radius
+    return (mask.astype(bool, copy=False), as_voxel_size(voxel_size),
+            check_number(radius_mm, "radius_mm", unit=" mm"))
 
 
 @lru_cache(maxsize=16)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import QSMInputError
-from .validation import as_mask, as_volume, check_echo_times
+from .validation import as_mask, as_volume, check_echo_times, check_number
 
 #: Plausible R2* range in 1/s; fitted values are clipped to it.
 R2STAR_RANGE_HZ = (0.0, 1000.0)
@@ -576,12 +576,7 @@ def _check_inputs(magnitude, te_s, mask, noise_sd, floor_snr):
     shape = magnitude.shape[:3]
     given_mask = mask is not None
     mask = np.ones(shape, dtype=bool) if mask is None else as_mask(mask, shape)
-    try:
-        floor_snr = float(floor_snr)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"floor_snr: {floor_snr!r} is not a number; give for example 3") from None
-    if not np.isfinite(floor_snr) or floor_snr < 0:
-        raise QSMInputError(f"floor_snr: {floor_snr} must be a number >= 0 (multiples of the noise SD)")
+    floor_snr = check_number(floor_snr, "floor_snr")
     if isinstance(noise_sd, str):
         if noise_sd != "auto":
             raise QSMInputError(f"noise_sd: {noise_sd!r}; give a number (magnitude units), 'auto' or None")

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from .errors import QSMInputError
 from .fourier import crop, fft_workers, irfft, kspace_coordinates, padded_shape, rfft
-from .validation import as_mask, as_volume, as_voxel_size, check_echo_times
+from .validation import as_mask, as_volume, as_voxel_size, check_echo_times, check_number
 
 #: Phase masks (names as in Haacke et al. 2004, right-handed convention).
 PHASE_MASKS = ("negative", "positive", "symmetric")
@@ -677,15 +677,7 @@ def _check_choice(value, choices, name):
 
 
 def _non_negative(value, name):
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"{name}: {value!r} is not a number") from None
-    if not np.isfinite(number) or number < 0:
-        raise QSMInputError(f"{name}: {value!r} must be a number >= 0")
-    return number
+    return None if value is None else check_number(value, name)
 
 
 def _filter_sizes(filter_size):

@@ -124,3 +124,33 @@ def check_same_shape(shape_a, shape_b, name_a, name_b):
     if tuple(shape_a[:3]) != tuple(shape_b[:3]):
         raise QSMInputError(f"{name_a} has shape {tuple(shape_a)} but {name_b} has shape "
                             f"{tuple(shape_b)}; they must be on the same voxel grid")
+
+
+def check_number(value, name, *, minimum=0.0, strict=False, maximum=None, unit=""):
+    """Return ``value`` as a finite float within bounds, else a QSMInputError naming ``name``.
+
+    ``minimum`` is inclusive unless ``strict``; ``maximum`` (inclusive) is optional;
+    ``unit`` (for example ``" mm"``) is quoted in the message.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise QSMInputError(f"{name}: {value!r} is not a number; give a number{unit}") from None
+    too_small = minimum is not None and (number <= minimum if strict else number < minimum)
+    too_large = maximum is not None and number > maximum
+    if not np.isfinite(number) or too_small or too_large:
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>' if strict else '>='} {minimum:g}")
+        if maximum is not None:
+            bounds.append(f"<= {maximum:g}")
+        raise QSMInputError(f"{name}: {value!r} is out of range; give a number{unit} "
+                            f"{' and '.join(bounds)}".rstrip())
+    return number
+
+
+def check_count(value, name, *, minimum=1):
+    """Return ``value`` as an int of at least ``minimum`` (an iteration count, say)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise QSMInputError(f"{name}: {value!r} is not a whole number >= {minimum}")
+    return int(value)

@@ -465,10 +465,10 @@ def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subje
         mask, mask_source = _brain_mask_for(magnitude, voxel_size, mask_file, affine, progress)
         name = f"R2* ({method})"
         with StageRecorder(progress).stage(name):
-            callback = None
-            if method == "nlls" and progress is not None:
-                def callback(iteration, residual):
-                    progress(name, min(0.99, 1.0 - residual))
+            def report_unconverged(iteration, unconverged_fraction):
+                progress(name, min(0.99, 1.0 - unconverged_fraction))
+
+            callback = report_unconverged if method == "nlls" and progress is not None else None
             maps = r2star_map(magnitude, te, mask, method=method, noise_sd=noise_sd, floor_snr=floor_snr,
                               callback=callback)
         _save_r2star(stage.path, "", maps, affine)

@@ -6,7 +6,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..masking import bounding_box
-from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
+from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_count, check_number
 
 #: Default width in mm of the source region added around the mask's bounding box.
 DEFAULT_PAD_MM = 30.0
@@ -80,8 +80,8 @@ def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100
     mask = as_mask(mask, field.shape)
     voxel_size = as_voxel_size(voxel_size)
     b0_dir = as_b0_dir(b0_dir)
-    max_iter = _check_max_iter(max_iter)
-    tol = _check_tol(tol)
+    max_iter = check_count(max_iter, "max_iter")
+    tol = check_number(tol, "tol")
     pad = _padding(pad_voxels, voxel_size)
 
     box = bounding_box(mask)
@@ -194,19 +194,3 @@ def _padding(pad_voxels, voxel_size):
         raise QSMInputError(f"pad_voxels: {pad_voxels!r} is not a padding; "
                             "give one or three non-negative whole numbers of voxels")
     return tuple(int(p) for p in pad)
-
-
-def _check_max_iter(max_iter):
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise QSMInputError(f"max_iter: {max_iter!r} is not a positive whole number of iterations")
-    return int(max_iter)
-
-
-def _check_tol(tol):
-    try:
-        value = float(tol)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not np.isfinite(value) or value < 0:
-        raise QSMInputError(f"tol: {tol!r} is not a non-negative tolerance; give for example 5e-4")
-    return value

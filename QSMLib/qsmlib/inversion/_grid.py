@@ -78,15 +78,3 @@ def _as_pad_voxels(pad_voxels, name="pad_voxels"):
         raise QSMInputError(f"{name}: {pad_voxels!r} is not a padding; "
                             "give one or three non-negative whole numbers of voxels")
     return tuple(int(v) for v in arr)
-
-
-def positive_float(value, name, *, upper=None):
-    """Return ``value`` as a positive finite float (and at most ``upper``), else QSMInputError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"{name}: {value!r} is not a number") from None
-    if not np.isfinite(v) or v <= 0 or (upper is not None and v > upper):
-        limit = f" and at most {upper:.4g}" if upper is not None else ""
-        raise QSMInputError(f"{name}: {value!r} is out of range; give a positive number{limit}")
-    return v

@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import fourier
 from ..dipole import dipole_kernel
-from ._grid import DEFAULT_PAD_VOXELS, WorkGrid, positive_float
+from ..validation import check_number
+from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import gradient_norm_squared
 
 #: Default gradient weight in mm^2: the corner of the L-curve (the selection
@@ -63,7 +64,7 @@ def tikhonov(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TIKHO
        Adalsteinsson E. Fast image reconstruction with L2-regularization.
        J Magn Reson Imaging 2014;40:181-191.
     """
-    lam = positive_float(lam, "lam")
+    lam = check_number(lam, "lam", strict=True)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
     kernel = dipole_kernel(grid.shape, grid.voxel_size, grid.b0_dir)
     e2 = gradient_norm_squared(grid.shape, grid.voxel_size)

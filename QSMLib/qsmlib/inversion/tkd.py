@@ -16,7 +16,8 @@ import numpy as np
 
 from .. import fourier
 from ..dipole import dipole_kernel
-from ._grid import DEFAULT_PAD_VOXELS, WorkGrid, positive_float
+from ..validation import check_number
+from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 
 
 def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
@@ -69,7 +70,7 @@ def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
        reconstruction of quantitative susceptibility maps: superfast dipole
        inversion. Magn Reson Med 2013;69:1582-1594.
     """
-    threshold = positive_float(threshold, "threshold", upper=2.0 / 3.0)
+    threshold = check_number(threshold, "threshold", strict=True, maximum=2.0 / 3.0)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
     inverse = _truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold)
     spectrum = fourier.rfft(grid.field)

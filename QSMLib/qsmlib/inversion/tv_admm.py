@@ -38,8 +38,8 @@ import numpy as np
 from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
-from ..validation import as_mask
-from ._grid import DEFAULT_PAD_VOXELS, WorkGrid, positive_float
+from ..validation import as_mask, check_count, check_number
+from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import backward_divergence, forward_differences, gradient_norm_squared
 
 #: Default TV weight in ppm mm (field in ppm, gradient in ppm/mm). Published
@@ -136,10 +136,10 @@ def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAM
        nonlinear susceptibility inversion with variational regularization.
        Magn Reson Med 2018;80:814-821.
     """
-    lam = positive_float(lam, "lam")
-    rho = positive_float(rho, "rho")
-    max_iter = _as_count(max_iter, "max_iter")
-    tol = _as_tolerance(tol, "tol")
+    lam = check_number(lam, "lam", strict=True)
+    rho = check_number(rho, "rho", strict=True)
+    max_iter = check_count(max_iter, "max_iter")
+    tol = check_number(tol, "tol")
     if callback is not None and not callable(callback):
         raise QSMInputError(f"callback: {callback!r} is not callable; "
                             "give a function callback(iteration, residual) or None")
@@ -240,23 +240,3 @@ def _relative_change(chi, chi_prev, weight, scratch):
     np.multiply(scratch, scratch, out=scratch)
     change = float(np.sqrt(np.dot(scratch.ravel(), flat_w)))
     return change / norm if norm > 0 else 0.0
-
-
-def _as_count(value, name):
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"{name}: {value!r} is not a whole number") from None
-    if n != value or n < 1:
-        raise QSMInputError(f"{name}: {value!r} is out of range; give a whole number >= 1")
-    return n
-
-
-def _as_tolerance(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise QSMInputError(f"{name}: {value!r} is not a number") from None
-    if not np.isfinite(v) or v < 0:
-        raise QSMInputError(f"{name}: {value!r} is out of range; give a number >= 0")
-    return v
