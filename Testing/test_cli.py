@@ -153,3 +153,24 @@ def test_progress_printer_reports_stages_and_percentages():
     assert lines[0] == "qsm: dipole inversion ..."
     assert lines[1:3] == ["qsm: dipole inversion 20 %", "qsm: dipole inversion 50 %"]
     assert lines[3].startswith("qsm: dipole inversion done in")
+
+
+def test_presets_choose_methods_and_single_stages_override_them(small_inputs, capsys):
+    from qsmlib.errors import QSMInputError
+    from qsmlib.pipeline import PRESETS, PipelineConfig
+
+    fast = PipelineConfig.from_preset("fast")
+    assert (fast.unwrap, fast.bgremove, fast.inversion) == ("reliability", "vsharp", "tkd")
+    assert PipelineConfig.from_preset("consensus", inversion="tikhonov").inversion == "tikhonov"
+    assert PipelineConfig() == PipelineConfig.from_preset("consensus")
+    assert set(PRESETS) == {"consensus", "fast"}
+    with pytest.raises(QSMInputError, match="preset 'slow' is unknown"):
+        PipelineConfig.from_preset("slow")
+    folder, f = small_inputs
+    status, _ = _run(["run", "--mag", f["mag"], "--phase", f["phase"], "--te", *f["te"], "--b0", "3",
+                      "--mask", f["mask"], "--out", str(folder / "out"), "--preset", "fast",
+                      "--bgremove", "sharp", "--option", "sharp.radius_mm=2"], capsys)
+    assert status == 0
+    stages = json.loads((folder / "out" / "provenance.json").read_text())["stages"]
+    methods = {s["stage"]: s["method"] for s in stages}
+    assert methods["dipole inversion"] == "tkd" and methods["background removal"] == "sharp"

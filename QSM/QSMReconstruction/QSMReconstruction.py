@@ -23,18 +23,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from qsmlib.errors import Cancelled, QSMInputError
-from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, UNWRAP_METHODS, PipelineConfig, reconstruct
+from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
+                             reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes
 from qsmslicer.progress import ProgressAdapter
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
-#: Method per stage for each preset. "consensus" follows the 2024 QSM consensus
-#: (exact unwrapping, V-SHARP, TV-regularised inversion, whole-brain reference);
-#: "fast" swaps in the FFT Laplacian unwrap, a few seconds faster on a 1 mm head.
-PRESETS = {
-    "consensus": {"unwrap": "reliability", "bgremove": "vsharp", "inversion": "tv-admm"},
-    "fast": {"unwrap": "laplacian", "bgremove": "vsharp", "inversion": "tv-admm"},
-}
 REFERENCES = ("brain", "none", "region")
 PROVENANCE_ATTRIBUTE = "QSM.Provenance"
 
@@ -376,15 +370,12 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
         """
         from qsmlib.io.phase_scaling import phase_to_radians  # needs nibabel via qsmlib.io
 
-        if preset not in PRESETS:
-            raise QSMInputError(f"preset '{preset}' is unknown; choose one of {', '.join(PRESETS)}")
         if reference not in REFERENCES:
             raise QSMInputError(f"reference '{reference}' is unknown; choose one of {', '.join(REFERENCES)}")
         if phase_sign not in (1, -1):
             raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
-        methods = dict(PRESETS[preset])
-        methods.update({k: v for k, v in (("unwrap", unwrap), ("bgremove", bgremove),
-                                           ("inversion", inversion)) if v})
+        config = PipelineConfig.from_preset(preset, unwrap=unwrap, bgremove=bgremove, inversion=inversion,
+                                            reference=reference, options=dict(options or {}))
 
         magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
         phase_array, phase_node = nodes.echo_series_array(phase, "phase")
@@ -416,7 +407,6 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             if reference_region is None:
                 raise QSMInputError("reference 'region' needs a reference region (labelmap or segmentation)")
             region = nodes.mask_from_node(reference_region, reference_node, reference_segment_ids)
-        config = PipelineConfig(reference=reference, options=dict(options or {}), **methods)
         b0_dir = nodes.b0_direction(reference_node)
         result = reconstruct(magnitude=magnitude_array, phase=phase_rad, te_s=te_s, b0_t=b0_t,
                              voxel_size=nodes.voxel_size(reference_node), b0_dir=b0_dir, mask=mask_array,

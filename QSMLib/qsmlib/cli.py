@@ -13,7 +13,7 @@ import time
 
 from . import __version__
 from .errors import Cancelled, QSMInputError
-from .pipeline import BGREMOVE_METHODS, INVERSION_METHODS, UNWRAP_METHODS, PipelineConfig
+from .pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
@@ -71,15 +71,19 @@ def _positive_float(text):
 
 def _add_pipeline_options(p):
     p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude")
-    p.add_argument("--unwrap", choices=sorted(UNWRAP_METHODS), default="reliability",
-                   help="spatial phase unwrapping: reliability = exact quality-guided path following "
-                        "(default), laplacian = fast FFT estimate")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="consensus",
+                   help="methods per stage: consensus (default; 2024 QSM consensus: reliability, vsharp, "
+                        "tv-admm) or fast (previews in seconds: reliability, vsharp, tkd); --unwrap, "
+                        "--bgremove and --inversion override single stages")
+    p.add_argument("--unwrap", choices=sorted(UNWRAP_METHODS),
+                   help="spatial phase unwrapping: reliability = exact quality-guided path following, "
+                        "laplacian = FFT estimate (default: from --preset)")
     p.add_argument("--phase-unwrapped", action="store_true",
                    help="the phase is already unwrapped (radians): skip unwrapping")
-    p.add_argument("--bgremove", choices=sorted(BGREMOVE_METHODS), default="vsharp",
-                   help="background field removal (default vsharp)")
-    p.add_argument("--inversion", choices=sorted(INVERSION_METHODS), default="tv-admm",
-                   help="dipole inversion (default tv-admm)")
+    p.add_argument("--bgremove", choices=sorted(BGREMOVE_METHODS),
+                   help="background field removal (default: from --preset)")
+    p.add_argument("--inversion", choices=sorted(INVERSION_METHODS),
+                   help="dipole inversion (default: from --preset)")
     p.add_argument("--reference", choices=("brain", "region", "none"), default="brain",
                    help="susceptibility reference: whole-brain mean (default), the mean over "
                         "--reference-mask, or none")
@@ -339,8 +343,9 @@ def _options(pairs):
 
 
 def _config(args):
-    return PipelineConfig(unwrap=args.unwrap, bgremove=args.bgremove, inversion=args.inversion,
-                          reference=args.reference, options=_options(args.option))
+    return PipelineConfig.from_preset(args.preset, unwrap=args.unwrap, bgremove=args.bgremove,
+                                      inversion=args.inversion, reference=args.reference,
+                                      options=_options(args.option))
 
 
 def _dispatch(args, progress):
