@@ -129,10 +129,11 @@ def test_laplacian_unwrapper_can_be_plugged_in():
     magnitude, phase = gre_signal(field, offset, r2star, TE_S)
     result = fit_multi_echo_field(magnitude, wrapped(phase), TE_S, mask, VOXEL_SIZE,
                                   unwrap=unwrap_laplacian)
-    # The echo-difference steps are below pi and there is no noise: exact up to 1/dTE.
+    # The echo-difference steps are below pi and there is no noise: once the Laplacian
+    # estimate is snapped to the measured phase plus whole turns, the fit is exact up to 1/dTE.
     error = (result.field_hz - field)[mask]
     turns = np.round(np.median(error) * (TE_S[1] - TE_S[0]))
-    assert np.abs(error - turns / (TE_S[1] - TE_S[0])).max() < 1e-2
+    assert np.abs(error - turns / (TE_S[1] - TE_S[0])).max() < 1e-3
 
 
 def test_invalid_inputs_raise_clear_errors():

@@ -323,13 +323,20 @@ def _as_echo_volumes(magnitude, phase):
 
 
 def _unwrap_checked(unwrap, phase, mask, voxel_size):
-    """Call the user's unwrapper and check that it returned a volume of the right shape."""
+    """Call the user's unwrapper, check its result, and make it congruent with ``phase``.
+
+    The temporal unwrapping builds on this result as if it were the measured
+    phase plus whole turns. An estimate that is not (the Laplacian one) is
+    snapped to the nearest such value, which leaves an exact unwrapper's
+    result unchanged.
+    """
     result = np.asarray(unwrap(phase, mask, voxel_size))
     if result.shape != phase.shape or not np.all(np.isfinite(result[mask])):
         raise QSMInputError(f"unwrap: {getattr(unwrap, '__name__', unwrap)} returned shape "
                             f"{result.shape} or non-finite values; it must return a finite "
                             f"volume of shape {phase.shape}")
-    return result.astype(np.float64, copy=False)
+    wrapped = phase.astype(np.float64)
+    return wrapped + TWO_PI * np.round((result - wrapped) / TWO_PI)
 
 
 def _relative_residual(mag, misfit):
