@@ -17,8 +17,8 @@ from . import __version__
 from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import QSMInputError
-from .io import (OutputDirectory, find_megre, load_field, load_mask, load_multi_echo, megre_names,
-                 save_nifti, write_megre)
+from .io import (OutputDirectory, find_megre, load_field, load_magnitude, load_mask, load_multi_echo,
+                 megre_names, save_nifti, write_megre)
 from .metrics import hfen, nrmse, region_errors
 from .pipeline import INVERSION_METHODS, PipelineConfig, StageRecorder, reconstruct, software_info
 from .reference import reference_whole_brain
@@ -338,9 +338,6 @@ def load_magnitude_inputs(*, magnitude_files=None, te_s=None, bids_dir=None, sub
     -------
     magnitude : ndarray (X, Y, Z, E), te_s : ndarray, affine : ndarray, sources : dict
     """
-    from .io import load_echo_series
-    from .validation import check_echo_times
-
     sources = {}
     if bids_dir is not None:
         bids = find_megre(bids_dir, subject=subject, session=session)
@@ -352,18 +349,10 @@ def load_magnitude_inputs(*, magnitude_files=None, te_s=None, bids_dir=None, sub
     if te_s is None:
         raise QSMInputError("echo times are missing; give --te in seconds, one per echo")
     magnitude_files = [str(f) for f in magnitude_files]
-    magnitude, affine = load_echo_series(magnitude_files, "mag")
-    name = magnitude_files[0] if len(magnitude_files) == 1 else f"{magnitude_files[0]} (+{len(magnitude_files) - 1} more)"
-    te = check_echo_times(te_s, name="echo times (--te)")
-    if te.size != magnitude.shape[3]:
-        raise QSMInputError(f"{te.size} echo times given but {name} holds {magnitude.shape[3]} echoes; "
-                            "give one echo time (s) per echo")
+    magnitude, te, affine = load_magnitude(magnitude_files, te_s)
     if magnitude.shape[3] < 2:
-        raise QSMInputError(f"{name}: holds a single echo; R2* needs at least two echoes "
+        raise QSMInputError(f"{magnitude_files[0]}: holds a single echo; R2* needs at least two echoes "
                             "(give every echo of the multi-echo scan)")
-    if magnitude.min() < 0:
-        raise QSMInputError(f"{name}: holds negative values, so it is not a magnitude image; "
-                            "give the magnitude, not the phase")
     sources["magnitude"] = magnitude_files
     return magnitude, te, affine, sources
 

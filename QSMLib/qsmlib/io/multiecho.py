@@ -72,6 +72,26 @@ def load_echo_series(files, kind):
     return stacked, affine
 
 
+def load_magnitude(magnitude_files, te_s):
+    """Load and check multi-echo magnitude with its echo times (s).
+
+    Returns
+    -------
+    magnitude : ndarray (X, Y, Z, E), te_s : ndarray, affine : ndarray
+    """
+    magnitude_files = [str(f) for f in magnitude_files]
+    magnitude, affine = load_echo_series(magnitude_files, "mag")
+    name = _label(magnitude_files)
+    te = check_echo_times(te_s, name="echo times (--te)")
+    if te.size != magnitude.shape[3]:
+        raise QSMInputError(f"{te.size} echo times given but {name} holds {magnitude.shape[3]} "
+                            "echoes; give one echo time (s) per echo")
+    if magnitude.min() < 0:
+        raise QSMInputError(f"{name}: holds negative values, so it is not a magnitude image; "
+                            "give the magnitude (check that --mag and --phase are not swapped)")
+    return magnitude, te, affine
+
+
 def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, phase_unwrapped=False):
     """Load and check multi-echo magnitude and phase.
 
@@ -94,7 +114,7 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
     """
     magnitude_files = [str(f) for f in magnitude_files]
     phase_files = [str(f) for f in phase_files]
-    magnitude, affine = load_echo_series(magnitude_files, "mag")
+    magnitude, te, affine = load_magnitude(magnitude_files, te_s)
     phase, phase_affine = load_echo_series(phase_files, "phase")
     mag_name, phase_name = _label(magnitude_files), _label(phase_files)
     if magnitude.shape != phase.shape:
@@ -103,13 +123,6 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
     if not np.allclose(affine, phase_affine, atol=1e-3):
         raise QSMInputError(f"{phase_name}: its affine differs from {mag_name}; magnitude and phase "
                             "must share one voxel grid")
-    te = check_echo_times(te_s, name="echo times (--te)")
-    if te.size != magnitude.shape[3]:
-        raise QSMInputError(f"{te.size} echo times given but {mag_name} holds {magnitude.shape[3]} "
-                            "echoes; give one echo time (s) per echo")
-    if magnitude.min() < 0:
-        raise QSMInputError(f"{mag_name}: holds negative values, so it is not a magnitude image; "
-                            "check that --mag and --phase are not swapped")
     if phase_unwrapped:
         phase_rad, scaling = phase, {"detected": "unwrapped radians (given)", "scale": 1.0, "offset": 0.0}
     else:
