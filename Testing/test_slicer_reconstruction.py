@@ -3,6 +3,7 @@
 import inspect
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from qsmlib.dipole import b0_direction_from_affine
 from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.workflow import accuracy_metrics
 from qsmslicer import display, echo_times, nodes
-from qsmslicer.progress import ProgressAdapter
+from qsmslicer.progress import ProgressAdapter, run_with_progress_dialog
 import QSMReconstruction
 from QSMReconstruction import QSMReconstructionLogic
 
@@ -226,6 +227,68 @@ def test_bad_inputs_and_cancel_leave_the_scene_unchanged(axial_run):
     assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == before
 
 
+class _RecordingDialog:
+    """Stands in for the QProgressDialog of slicer.util.createProgressDialog; the user clicks Cancel
+    after ``cancel_after`` updates."""
+
+    def __init__(self, cancel_after=None, **kwargs):
+        self.created_with, self.cancel_after = kwargs, cancel_after
+        self.values, self.labels, self.closed = [], [], False
+
+    @property
+    def value(self):
+        return self.values[-1] if self.values else 0
+
+    @value.setter
+    def value(self, percent):
+        self.values.append(percent)
+
+    @property
+    def labelText(self):
+        return self.labels[-1] if self.labels else ""
+
+    @labelText.setter
+    def labelText(self, text):
+        self.labels.append(text)
+
+    @property
+    def wasCanceled(self):
+        return self.cancel_after is not None and len(self.values) >= self.cancel_after
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_dialog_shows_each_stage_and_cancel_stops_the_run(axial_run):
+    scene, magnitude, phase, truth, _outputs = axial_run
+    logic = QSMReconstructionLogic()
+    before = scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")
+    dialogs, events = [], []
+
+    def create_dialog(**kwargs):
+        dialogs.append(_RecordingDialog(cancel_after=4, **kwargs))
+        return dialogs[-1]
+
+    result, cancelled = run_with_progress_dialog(
+        lambda progress: logic.process(magnitude, phase, te_s=list(truth.te_s), b0_t=3.0, progress=progress),
+        title="QSM reconstruction", create_dialog=create_dialog, process_events=lambda: events.append(1))
+    dialog = dialogs[0]
+    assert (result, cancelled) == (None, True)
+    assert dialog.closed and dialog.created_with["maximum"] == 100
+    assert len(dialog.values) == 4 and dialog.values == sorted(dialog.values) and len(events) == 4
+    assert dialog.labels[0] == "Mask..."
+    assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == before
+
+    dialogs.clear()
+    outputs, cancelled = run_with_progress_dialog(
+        lambda progress: logic.process(magnitude, phase, te_s=list(truth.te_s), b0_t=3.0, progress=progress,
+                                       preset="fast"),
+        title="QSM reconstruction", create_dialog=lambda **kw: dialogs.append(_RecordingDialog(**kw)) or dialogs[-1])
+    assert not cancelled and outputs.susceptibility is not None
+    assert dialogs[0].values[-1] == 100 and dialogs[0].closed
+    assert {"Total field...", "Background removal...", "Dipole inversion..."} <= set(dialogs[0].labels)
+
+
 def test_progress_adapter_weights_stages():
     seen = []
     adapter = ProgressAdapter(report=lambda text, percent: seen.append((text, percent)))
@@ -273,3 +336,18 @@ def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(
     np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(phase)), truth.phase[..., 2])
     np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(magnitude)), truth.magnitude[..., 2])
     assert truth.b0_t == 3.0  # the parameter node's default field strength
+
+    # the loader hands the two sequences to the module: nothing is missing before Apply
+    parameters = types.SimpleNamespace(magnitudeEchoes=[], phaseEchoes=[], magnitudeSeries=None,
+                                       phaseSeries=None, echoTimesS="", fieldStrengthT=3.0)
+    logic = QSMReconstructionLogic()
+    assert logic.missingInputs(parameters) == "Select the magnitude echoes"
+    logic.selectInputs(parameters, magnitude, phase)
+    assert parameters.magnitudeSeries is magnitude and parameters.phaseSeries is phase
+    assert logic.parseNumbers(parameters.echoTimesS, "TE") == pytest.approx(list(truth.te_s))
+    assert logic.missingInputs(parameters) == ""
+    parameters.echoTimesS = ""  # echo times left empty: still read from the sequence's index
+    assert logic.missingInputs(parameters) == ""
+    volumes = [magnitude.GetNthDataNode(e) for e in range(5)]  # plain volumes carry no echo times
+    parameters.magnitudeSeries, parameters.magnitudeEchoes = None, volumes
+    assert "echo times" in logic.missingInputs(parameters)

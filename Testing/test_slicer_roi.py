@@ -92,6 +92,10 @@ def test_reference_to_brain_and_to_a_segment(known):
     assert _column(by_vein, "SD") == pytest.approx(_column(by_mask, "SD"))  # spread does not move
     with pytest.raises(QSMInputError, match="no segment named"):
         logic.segmentIdByName(segmentation, "Hippocampus")
+    # the segment selector gives an ID; the parameter node keeps the name, which maps back to it
+    assert logic.segmentName(segmentation, vein) == "Vein"
+    assert logic.segmentIdByName(segmentation, logic.segmentName(segmentation, vein)) == vein
+    assert logic.segmentName(segmentation, "no such id") == "" and logic.segmentName(None, vein) == ""
 
 
 def test_deep_grey_matter_segments_plot_and_csv(known, tmp_path):

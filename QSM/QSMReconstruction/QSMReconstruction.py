@@ -26,7 +26,7 @@ from qsmlib.errors import Cancelled, QSMInputError
 from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
                              reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes
-from qsmslicer.progress import ProgressAdapter
+from qsmslicer.progress import run_with_progress_dialog
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
 REFERENCES = ("brain", "none", "region")
@@ -114,8 +114,9 @@ def loadSimulatedHead(source=None, voxel_size_mm=2.0, scene=None):
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "SimulatedHead")
     browser.SetAndObserveMasterSequenceNodeID(magnitude.GetID())
     browser.AddSynchronizedSequenceNode(phase)
-    if hasattr(slicer, "app"):  # full Slicer: show the first echo's magnitude
+    if hasattr(slicer, "app"):  # full Slicer: show the first echo's magnitude, ready to Apply
         slicer.util.setSliceViewerLayers(background=browser.GetProxyNode(magnitude), fit=True)
+        logic.selectInputs(logic.getParameterNode(), magnitude, phase)
     return [magnitude, phase, browser]
 
 
@@ -158,7 +159,6 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._progress = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -191,36 +191,21 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
             self.logic.fillAcquisitionFromDicom(self._parameterNode)
 
     def _checkCanApply(self, caller=None, event=None):
-        if self._progress is not None:
-            return
         reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
         self.ui.applyButton.enabled = not reason
-        self.ui.applyButton.text = _("Apply")
         self.ui.applyButton.toolTip = reason or _("Reconstruct the susceptibility map")
         self.ui.statusLabel.text = reason or ""
 
     def onApplyButton(self):
-        if self._progress is not None:  # the button is Cancel while running
-            self._progress.cancel()
-            return
         if not dependencies.ensure_packages_in_slicer(
                 _("QSM needs these Python packages: {packages}. Install them now?")):
             return
-        self._progress = ProgressAdapter(report=self._showProgress)
-        self.ui.applyButton.text = _("Cancel")
-        try:
-            with slicer.util.tryWithErrorDisplay(_("QSM reconstruction failed."), waitCursor=True):
-                try:
-                    self.logic.processParameterNode(self._parameterNode, progress=self._progress)
-                except Cancelled:
-                    self.ui.statusLabel.text = _("Cancelled")
-        finally:
-            self._progress = None
-            self._checkCanApply()
-
-    def _showProgress(self, text, percent):
-        self.ui.statusLabel.text = f"{text} {percent} %"
-        slicer.app.processEvents()  # keeps Cancel clickable between solver iterations
+        with slicer.util.tryWithErrorDisplay(_("QSM reconstruction failed."), waitCursor=True):
+            _outputs, cancelled = run_with_progress_dialog(
+                lambda progress: self.logic.processParameterNode(self._parameterNode, progress=progress),
+                title=_("QSM reconstruction"), create_dialog=slicer.util.createProgressDialog,
+                process_events=slicer.app.processEvents)
+            self.ui.statusLabel.text = _("Cancelled") if cancelled else ""
 
 
 #
@@ -262,9 +247,16 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             return _("Select the magnitude echoes")
         if not phase:
             return _("Select the phase echoes")
-        if not parameterNode.echoTimesS.strip():
+        if not parameterNode.echoTimesS.strip() and self.echoTimes(magnitude) is None:
             return _("Type the echo times in seconds, or read them from DICOM")
         return ""
+
+    def selectInputs(self, parameterNode, magnitude, phase, dicom_lookup=None):
+        """Use two sequences (or multi-volumes) as inputs, with the echo times and field strength they carry."""
+        parameterNode.magnitudeSeries = magnitude
+        parameterNode.phaseSeries = phase
+        if self.echoTimes(magnitude, dicom_lookup) is not None:
+            self.fillAcquisitionFromDicom(parameterNode, dicom_lookup)
 
     def echoTimes(self, source, dicom_lookup=None):
         """Echo times (s) from the DICOM attributes of a series, or None."""
@@ -308,6 +300,8 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
     def processParameterNode(self, parameterNode, progress=None):
         """Run :meth:`process` on the parameter node's inputs and store the outputs in it."""
         magnitude, phase = self._inputs(parameterNode)
+        if not parameterNode.echoTimesS.strip():
+            self.fillAcquisitionFromDicom(parameterNode)
         outputs = self.process(
             magnitude, phase, te_s=self.parseNumbers(parameterNode.echoTimesS, "echo times (s)"),
             b0_t=parameterNode.fieldStrengthT, mask=parameterNode.mask, unwrap=parameterNode.unwrap,

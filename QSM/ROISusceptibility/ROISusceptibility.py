@@ -115,10 +115,20 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         self.ui.createSegmentsButton.connect("clicked(bool)", self.onCreateSegments)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        # The segment selector has no parameter-node connector: it writes the segment's name.
+        self.ui.referenceSegmentSelector.connect("currentSegmentChanged(QString)", self.onReferenceSegmentChanged)
         self.connectScene(slicer.mrmlScene)
+
+    def onReferenceSegmentChanged(self, segmentId):
+        if self._parameterNode:
+            self._parameterNode.referenceSegmentName = self.logic.segmentName(self._parameterNode.segmentation,
+                                                                              segmentId)
 
     def _checkCanApply(self, caller=None, event=None):
         reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
+        segmentation = self._parameterNode.segmentation if self._parameterNode else None
+        if self.ui.referenceSegmentSelector.currentNode() is not segmentation:
+            self.ui.referenceSegmentSelector.setCurrentNode(segmentation)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Compute statistics per segment")
         self.ui.createSegmentsButton.enabled = self._parameterNode is not None and \
@@ -169,7 +179,7 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
         if parameterNode.segmentation is None:
             return _("Select a segmentation, or create the deep grey matter segments")
         if parameterNode.reference == "segment" and not parameterNode.referenceSegmentName:
-            return _("Type the name of the reference segment")
+            return _("Choose the reference segment")
         return ""
 
     def processParameterNode(self, parameterNode):
@@ -191,6 +201,14 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
         if not segment_id:
             raise QSMInputError(f"segmentation '{segmentation_node.GetName()}' has no segment named '{name}'")
         return segment_id
+
+    @staticmethod
+    def segmentName(segmentation_node, segment_id):
+        """Name of a segment ("" for no segmentation, no ID or an unknown ID)."""
+        if segmentation_node is None or not segment_id:
+            return ""
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        return segment.GetName() if segment is not None else ""
 
     def createDeepGreyMatterSegments(self, segmentation_node, reference_volume=None):
         """Add the empty deep grey matter segments, standard names and colours.

@@ -46,3 +46,42 @@ class ProgressAdapter:
             self.percent = max(self.percent, int(round(100 * done)))
         if self.report is not None:
             self.report(f"{stage[:1].upper()}{stage[1:]}...", self.percent)
+
+
+def run_with_progress_dialog(work, *, title, create_dialog, process_events=None):
+    """Run ``work(progress)`` while a progress dialog with a Cancel button shows how far it got.
+
+    Parameters
+    ----------
+    work : callable(ProgressAdapter)
+        The run, for example a Logic's ``processParameterNode`` with its
+        ``progress`` argument bound to the adapter.
+    title : str
+        Window title of the dialog.
+    create_dialog : callable(**kwargs) -> QProgressDialog-like
+        In Slicer ``slicer.util.createProgressDialog``; called with
+        ``windowTitle``, ``labelText``, ``maximum`` and ``value``.
+    process_events : callable(), optional
+        In Slicer ``slicer.app.processEvents``: keeps the dialog painted and
+        its Cancel button clickable between solver iterations.
+
+    Returns
+    -------
+    (result, cancelled) : (object, bool)
+        ``work``'s result and False, or None and True when the user cancelled.
+    """
+    dialog = create_dialog(windowTitle=title, labelText=title, maximum=100, value=0)
+
+    def report(text, percent):
+        dialog.labelText = text
+        dialog.value = percent
+        if process_events is not None:
+            process_events()
+
+    adapter = ProgressAdapter(report=report, is_cancelled=lambda: dialog.wasCanceled)
+    try:
+        return work(adapter), False
+    except Cancelled:
+        return None, True
+    finally:
+        dialog.close()
