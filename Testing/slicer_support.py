@@ -124,6 +124,10 @@ class SampleDataRegistry:
         self.sources.append({"category": category, "sampleName": sampleName, "uris": list(uris),
                              "thumbnailFileName": thumbnailFileName, "customDownloader": customDownloader})
 
+    def sampleDataSourcesByCategory(self, category=None):
+        """The registered sources of ``category`` (objects with ``sampleName``), as Slicer's logic gives them."""
+        return [types.SimpleNamespace(**s) for s in self.sources if category is None or s["category"] == category]
+
 
 def sample_data_stand_in():
     """A ``SampleData`` module whose ``SampleDataLogic`` records registrations; put it in sys.modules."""

@@ -309,6 +309,7 @@ def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(
     module_init = inspect.getsource(QSMReconstruction.QSMReconstruction.__init__)
     assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in module_init
     QSMReconstruction.registerSampleData()
+    QSMReconstruction.registerSampleData()  # the module reloaded: no second set of buttons
     assert [s["sampleName"] for s in registry.sources] == ["QSMSimulatedHead2mm", "QSMSimulatedHead1mm"]
     for source in registry.sources:
         assert source["category"] == "QSM" and source["uris"] == []  # nothing to download

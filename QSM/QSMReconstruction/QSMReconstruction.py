@@ -76,7 +76,12 @@ def registerSampleData():
     import SampleData
 
     icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", SAMPLE_DATA_ICON)
+    # Reloading the module registers again: skip what the category already holds.
+    registered = {source.sampleName for source in
+                  SampleData.SampleDataLogic.sampleDataSourcesByCategory(SAMPLE_DATA_CATEGORY)}
     for name, voxel_size_mm in SAMPLE_DATA_VOXEL_SIZES_MM.items():
+        if name in registered:
+            continue
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category=SAMPLE_DATA_CATEGORY, sampleName=name, thumbnailFileName=icon,
             uris=[], fileNames=[], nodeNames=[],
