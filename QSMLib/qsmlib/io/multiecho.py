@@ -137,22 +137,35 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
                          sources={"magnitude": magnitude_files, "phase": phase_files})
 
 
-def load_mask(path, shape, affine):
-    """Load a mask file on the data grid as a boolean array."""
-    data, mask_affine = load_nifti(path)
+def _load_on_grid(path, shape, affine, what):
+    data, image_affine = load_nifti(path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.shape != tuple(shape):
-        raise QSMInputError(f"{path}: mask shape {data.shape} does not match the data shape "
-                            f"{tuple(shape)}; give a mask on the same voxel grid")
-    if not np.allclose(mask_affine, affine, atol=1e-3):
-        raise QSMInputError(f"{path}: the mask's affine differs from the data's; resample the mask "
+        raise QSMInputError(f"{path}: {what} shape {data.shape} does not match the data shape "
+                            f"{tuple(shape)}; give a {what} on the same voxel grid")
+    if not np.allclose(image_affine, affine, atol=1e-3):
+        raise QSMInputError(f"{path}: the {what}'s affine differs from the data's; resample the {what} "
                             "onto the data grid")
-    mask = data > 0.5
+    return data
+
+
+def load_mask(path, shape, affine):
+    """Load a mask file on the data grid as a boolean array."""
+    mask = _load_on_grid(path, shape, affine, "mask") > 0.5
     if not mask.any():
         raise QSMInputError(f"{path}: the mask is empty (no voxel is set); give a mask that covers "
                             "the brain, or leave out --mask to compute one")
     return mask
+
+
+def load_labels(path, shape, affine):
+    """Load a label image (an integer per voxel, e.g. a segmentation) on the data grid."""
+    labels = _load_on_grid(path, shape, affine, "label image")
+    if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
+        raise QSMInputError(f"{path}: the label image holds non-integer values; give a segmentation "
+                            "with one integer label per voxel")
+    return labels.astype(np.int64)
 
 
 def load_field(path, shape=None, *, name=None):
