@@ -187,3 +187,92 @@ def test_real_scan_runs_with_rescaled_phase(shared_data, tmp_path, capsys):
     # no ground truth: brain tissue lies within a few tenths of a ppm (veins may exceed it)
     magnitude = np.abs(chi[mask])
     assert np.median(magnitude) < 0.05 and np.percentile(magnitude, 99) < 0.3
+
+
+def test_csf_and_label_references_shift_the_map_by_the_region_mean(head_2mm, tmp_path, capsys):
+    phantom, sim = head_2mm
+    fast = pipeline.PipelineConfig.from_preset("fast")
+    brain = _reconstruct(sim, config=fast)
+    csf = _reconstruct(sim, config=pipeline.PipelineConfig.from_preset("fast", reference="csf"))
+    record = csf.provenance["stages"][-1]
+    assert record["method"] == "csf" and record["csf_volume_ml"] > 5
+    # the same map, moved by a constant: the mean over the detected ventricles
+    shift = brain.chi_ppm - csf.chi_ppm
+    assert np.ptp(shift[brain.mask]) < 1e-6
+    assert shift[brain.mask][0] == pytest.approx(record["offset_ppm"] - brain.provenance["stages"][-1]["offset_ppm"],
+                                                 abs=1e-6)
+    # referenced to CSF, deep grey matter reads as the truth minus the true CSF value
+    csf_label = next(k for k, t in phantom.tissues.items() if t.name == "CSF")
+    true_csf = phantom.tissues[csf_label].chi_ppm
+    for name in ("GP", "Putamen", "RN"):
+        label = next(k for k, t in phantom.tissues.items() if t.name == name)
+        region = (sim.labels == label) & csf.mask
+        true = float(sim.chi_ppm[region].mean()) - true_csf
+        assert float(csf.chi_ppm[region].mean()) == pytest.approx(true, abs=DGM_TOLERANCE_PPM), name
+    with pytest.raises(pipeline.QSMInputError, match="two echoes"):
+        reconstruct(local_field_hz=brain.local_field_hz, mask=brain.mask, b0_t=sim.b0_t,
+                    voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir,
+                    config=pipeline.PipelineConfig(reference="csf", inversion="tkd"))
+
+    # a label image and label values from the command line: the region is the union of those labels
+    affine = np.diag([*sim.voxel_size_mm, 1.0])
+    local = tmp_path / "local.nii.gz"
+    nib.save(nib.Nifti1Image(brain.local_field_hz, affine), str(local))
+    nib.save(nib.Nifti1Image(brain.mask.astype(np.uint8), affine), str(tmp_path / "mask.nii.gz"))
+    nib.save(nib.Nifti1Image(sim.labels.astype(np.int16), affine), str(tmp_path / "labels.nii.gz"))
+    gp, put = (next(k for k, t in phantom.tissues.items() if t.name == n) for n in ("GP", "Putamen"))
+    assert main(["run", "--local-field", str(local), "--b0", "3", "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--inversion", "tkd", "--reference", "region", "--reference-mask", str(tmp_path / "labels.nii.gz"),
+                 "--reference-labels", str(gp), str(put), "--out", str(tmp_path / "out")]) == 0
+    chi = _load(tmp_path / "out" / "chi.nii.gz")
+    region = np.isin(sim.labels, [gp, put]) & brain.mask
+    assert abs(float(chi[region].mean())) < 1e-6
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["inputs"]["reference_labels"] == [gp, put]
+    assert main(["run", "--local-field", str(local), "--b0", "3", "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--reference", "region", "--reference-mask", str(tmp_path / "labels.nii.gz"),
+                 "--reference-labels", "250", "--out", str(tmp_path / "out2")]) == 2
+    assert "no voxel carries them" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_automatic_regularisation_is_chosen_by_the_l_curve_and_recorded(head_2mm):
+    _phantom, sim = head_2mm
+    from_local = dict(local_field_hz=sim.local_field_ppm * hz_per_ppm(sim.b0_t), mask=sim.brain_mask,
+                      b0_t=sim.b0_t, voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    auto = reconstruct(**from_local, config=pipeline.PipelineConfig(inversion="tikhonov",
+                                                                    options={"tikhonov": {"lam": "auto"}}))
+    record = next(s for s in auto.provenance["stages"] if s["stage"] == "dipole inversion")
+    chosen = record["parameters"]["lam"]
+    curve = record["auto_regularisation"]
+    assert isinstance(chosen, float) and chosen == curve["value"] and min(curve["values"]) <= chosen <= max(curve["values"])
+    # the recorded value reproduces the map
+    fixed = reconstruct(**from_local, config=pipeline.PipelineConfig(inversion="tikhonov",
+                                                                     options={"tikhonov": {"lam": chosen}}))
+    np.testing.assert_allclose(auto.chi_ppm, fixed.chi_ppm, atol=1e-6)
+
+
+def test_cosmos_command_recovers_the_head_from_three_orientations(head_2mm, tmp_path, capsys):
+    _phantom, sim = head_2mm
+    from qsmlib.dipole import dipole_convolve
+    affine = np.diag([*sim.voxel_size_mm, 1.0])
+    directions = [(0.0, 0.0, 1.0), (0.0, 0.5, 0.866), (0.5, 0.0, 0.866)]
+    args = ["cosmos", "--unit", "hz", "--b0", "3"]
+    for n, direction in enumerate(directions):
+        field_hz = np.where(sim.brain_mask, dipole_convolve(sim.chi_ppm, sim.voxel_size_mm, direction), 0)
+        nib.save(nib.Nifti1Image((field_hz * hz_per_ppm(3.0)).astype(np.float32), affine), str(tmp_path / f"f{n}.nii.gz"))
+    nib.save(nib.Nifti1Image(sim.brain_mask.astype(np.uint8), affine), str(tmp_path / "mask.nii.gz"))
+    fields = [str(tmp_path / f"f{n}.nii.gz") for n in range(3)]
+    dirs = [a for d in directions for a in ("--b0-dir", *map(str, d))]
+    out = str(tmp_path / "chi.nii.gz")
+    assert main(args + ["--local-field", *fields, *dirs, "--mask", str(tmp_path / "mask.nii.gz"), "--out", out]) == 0
+    chi = _load(out)
+    # the noiseless fields of three orientations determine the map: a few percent error at most
+    assert nrmse(chi, sim.chi_ppm, sim.brain_mask) < 5
+    assert abs(float(chi[sim.brain_mask].mean())) < 1e-6  # whole-brain referenced
+    # one direction per field, and a second run needs --force
+    assert main(args + ["--local-field", *fields, *dirs[:8], "--mask", str(tmp_path / "mask.nii.gz"),
+                        "--out", str(tmp_path / "other.nii.gz")]) == 2
+    assert "3 field files but 2 B0 directions" in capsys.readouterr().err
+    assert main(args + ["--local-field", *fields, *dirs, "--mask", str(tmp_path / "mask.nii.gz"), "--out", out]) == 2
+    assert "--force" in capsys.readouterr().err

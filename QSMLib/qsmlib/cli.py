@@ -13,7 +13,8 @@ import time
 
 from . import __version__
 from .errors import Cancelled, QSMInputError
-from .pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig
+from .pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, REFERENCE_METHODS, UNWRAP_METHODS,
+                       PipelineConfig)
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
@@ -84,10 +85,15 @@ def _add_pipeline_options(p):
                    help="background field removal (default: from --preset)")
     p.add_argument("--inversion", choices=sorted(INVERSION_METHODS),
                    help="dipole inversion (default: from --preset)")
-    p.add_argument("--reference", choices=("brain", "region", "none"), default="brain",
-                   help="susceptibility reference: whole-brain mean (default), the mean over "
+    p.add_argument("--reference", choices=REFERENCE_METHODS, default="brain",
+                   help="susceptibility reference: whole-brain mean (default), csf = lateral ventricles "
+                        "found from R2* and magnitude (needs 2+ echoes), region = the mean over "
                         "--reference-mask, or none")
-    p.add_argument("--reference-mask", metavar="F", help="reference region NIfTI, with --reference region")
+    p.add_argument("--reference-mask", metavar="F",
+                   help="reference region NIfTI, with --reference region; with --reference-labels a label image")
+    p.add_argument("--reference-labels", nargs="+", type=int, metavar="N",
+                   help="with --reference region: the labels of --reference-mask that make the region, "
+                        "e.g. 4 43 for both lateral ventricles of a FreeSurfer aseg")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, repeatable, e.g. vsharp.radii_mm=[10,6,2] or tv-admm.lam=2e-4 "
                         "(radii in mm, fields in ppm for inversion options)")
@@ -145,6 +151,21 @@ def _get_parser():
                      help="B0 direction in voxel coordinates; default: from the affine")
     inv.add_argument("--out", required=True, metavar="F", help="output susceptibility NIfTI (ppm)")
     inv.add_argument("--force", action="store_true", help="overwrite an existing output")
+
+    cos = sub.add_parser("cosmos", help="COSMOS: susceptibility from the local fields of 2+ head orientations")
+    cos.add_argument("--local-field", required=True, nargs="+", metavar="F",
+                     help="local field NIfTI of each orientation, all registered onto one grid")
+    cos.add_argument("--b0-dir", required=True, nargs=3, type=float, action="append", metavar=("X", "Y", "Z"),
+                     help="B0 direction of each orientation in the registered grid's voxel frame; repeat "
+                          "once per --local-field file, in the same order")
+    cos.add_argument("--unit", required=True, choices=("ppm", "hz"), help="unit of the local fields")
+    cos.add_argument("--b0", type=_positive_float, metavar="T", help="field strength in tesla (needed for hz)")
+    cos.add_argument("--mask", required=True, metavar="F",
+                     help="brain mask NIfTI on the registered grid (the intersection of the orientations)")
+    cos.add_argument("--option", action="append", type=_option, default=[], metavar="cosmos.KEY=VALUE",
+                     help="a COSMOS option, e.g. cosmos.max_iter=1 (closed form, field zero outside the mask)")
+    cos.add_argument("--out", required=True, metavar="F", help="output susceptibility NIfTI (ppm)")
+    cos.add_argument("--force", action="store_true", help="overwrite an existing output")
 
     sim = sub.add_parser("simulate", help="write a simulated multi-echo head as a BIDS dataset with ground truth")
     sim.add_argument("--out", required=True, metavar="DIR", help="output BIDS folder")
@@ -361,7 +382,8 @@ def _dispatch(args, progress):
         workflow.run_qsm(args.out, magnitude_files=args.mag, phase_files=args.phase, te_s=args.te, b0_t=args.b0,
                          bids_dir=args.bids, subject=args.subject, session=args.session,
                          total_field_file=args.total_field, local_field_file=args.local_field,
-                         mask_file=args.mask, reference_mask_file=args.reference_mask, config=_config(args),
+                         mask_file=args.mask, reference_mask_file=args.reference_mask,
+                         reference_labels=args.reference_labels, config=_config(args),
                          b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
                          force=args.force, progress=progress, also=args.also, also_options=also_options,
                          dicom_dir=args.dicom)
@@ -392,6 +414,13 @@ def _dispatch(args, progress):
         workflow.invert_field(args.local_field, args.out, unit=args.unit, mask_file=args.mask, b0_t=args.b0,
                               method=args.method, options=options.get(args.method), b0_dir=args.b0_dir,
                               force=args.force, progress=progress)
+        print(f"qsm: wrote {args.out} (ppm)", file=sys.stderr)
+    elif args.command == "cosmos":
+        options = _options(args.option)
+        if set(options) - {"cosmos"}:
+            raise QSMInputError(f"--option {', '.join(sorted(set(options) - {'cosmos'}))}: only cosmos.KEY=VALUE applies")
+        workflow.run_cosmos(args.local_field, args.out, unit=args.unit, mask_file=args.mask, b0_dirs=args.b0_dir,
+                            b0_t=args.b0, options=options.get("cosmos"), force=args.force, progress=progress)
         print(f"qsm: wrote {args.out} (ppm)", file=sys.stderr)
     elif args.command == "simulate":
         workflow.simulate_dataset(args.out, voxel_size_mm=args.voxel_size, b0_t=args.b0, te_s=args.te, snr=args.snr,
@@ -444,7 +473,7 @@ def _add_batch_parser(sub):
 def _run_batch(args):
     from .batch import main_exit_status, run_batch
 
-    if args.mask or args.reference_mask:
+    if args.mask or args.reference_mask or args.reference_labels:
         raise QSMInputError("qsm batch computes each subject's own mask; --mask and --reference-mask "
                             "apply to qsm run only")
     if any(method in ("swi", "r2star") for method, _key, _value in args.option):

@@ -26,17 +26,18 @@ from .bgremove import pdf, sharp, vsharp
 from .constants import hz_to_ppm
 from .errors import QSMInputError
 from .fieldmap import fit_multi_echo_field, trusted_field_mask
-from .inversion import tikhonov, tkd, tv_admm
+from .inversion import AUTO_PARAMETERS, choose_regularisation, ilsqr, rts, tikhonov, tkd, tsvd, tv_admm
 from .masking import brain_mask
-from .reference import reference_to_region
+from .reference import csf_reference_mask, reference_to_csf, reference_to_region
 from .relaxometry import r2star_loglinear
 from .unwrap import unwrap_laplacian, unwrap_reliability
 from .validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_b0, check_echo_times
 
 UNWRAP_METHODS = {"reliability": unwrap_reliability, "laplacian": unwrap_laplacian}
 BGREMOVE_METHODS = {"vsharp": vsharp, "sharp": sharp, "pdf": pdf}
-INVERSION_METHODS = {"tv-admm": tv_admm, "tikhonov": tikhonov, "tkd": tkd}
-REFERENCE_METHODS = ("brain", "region", "none")
+INVERSION_METHODS = {"tv-admm": tv_admm, "tikhonov": tikhonov, "tkd": tkd, "tsvd": tsvd, "ilsqr": ilsqr,
+                     "rts": rts}
+REFERENCE_METHODS = ("brain", "csf", "region", "none")
 
 #: Method per stage of each preset, for the command line and the Slicer module.
 PRESETS = {
@@ -90,7 +91,7 @@ class PipelineConfig:
                                       ("reference", self.reference, REFERENCE_METHODS)):
             if value not in choices:
                 raise QSMInputError(f"{stage} method '{value}' is unknown; choose one of {', '.join(choices)}")
-        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask"}
+        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask", "csf"}
         for name in self.options:
             if name not in known:
                 raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(known))}")
@@ -324,13 +325,31 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
     if trusted is not None and params.get("data_mask", False) is None:
         params["data_mask"] = trusted
-    with recorder.stage("dipole inversion", config.inversion, params) as (callback, _):
+    with recorder.stage("dipole inversion", config.inversion, params) as (callback, record):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
+        auto_key = AUTO_PARAMETERS.get(config.inversion)
+        if auto_key and isinstance(params.get(auto_key), str) and params[auto_key] == "auto":
+            choice = choose_regularisation(config.inversion, field_ppm, mask, voxel_size, b0_dir=b0_dir,
+                                           pad_voxels=params["pad_voxels"])
+            params = dict(params, **{auto_key: choice.value})
+            record["parameters"][auto_key] = choice.value
+            record["auto_regularisation"] = choice.as_record()
         chi = _call(func, (field_ppm, mask, voxel_size), params, b0_dir, callback)
 
-    with recorder.stage("referencing", config.reference, {}) as (_, record):
+    r2star = None
+    if magnitude is not None and magnitude.shape[3] >= 2 and (config.check_phase_sign or config.reference == "csf"):
+        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
+    params = method_parameters(csf_reference_mask, options.get("csf", {}), "csf") if config.reference == "csf" else {}
+    with recorder.stage("referencing", config.reference, params) as (_, record):
         if config.reference == "none":
             offset = 0.0
+        elif config.reference == "csf":
+            if r2star is None:
+                raise QSMInputError("reference 'csf' finds the ventricles from R2*, which needs magnitude and "
+                                    "phase with two echoes or more; use --reference brain or region")
+            csf = csf_reference_mask(magnitude, r2star, mask, voxel_size, **params)
+            record["csf_volume_ml"] = round(float(csf.sum() * np.prod(voxel_size)) / 1000.0, 2)
+            chi, offset = reference_to_csf(chi, mask, csf)
         else:
             if config.reference == "region" and reference_region is None:
                 raise QSMInputError("reference 'region' needs a reference region (for example --reference-mask)")
@@ -339,8 +358,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         record["offset_ppm"] = offset
 
     checks = {}
-    if config.check_phase_sign and magnitude is not None and magnitude.shape[3] >= 2:
-        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
+    if config.check_phase_sign and r2star is not None:
         checks["phase_sign"] = phase_sign_check(chi, r2star, mask)
         if not checks["phase_sign"]["ok"]:
             warnings.append("the phase convention looks inverted: the brain voxels with the highest R2* "
@@ -364,4 +382,4 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
 
 
 __all__ = ["PipelineConfig", "QSMResult", "reconstruct", "phase_sign_check", "method_parameters",
-           "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS", "PRESETS"]
+           "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS", "REFERENCE_METHODS", "PRESETS"]

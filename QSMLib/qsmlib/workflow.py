@@ -17,12 +17,14 @@ from . import __version__
 from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import QSMInputError
-from .io import (OutputDirectory, find_megre, load_field, load_magnitude, load_mask, load_multi_echo,
+from .io import (OutputDirectory, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
-from .metrics import hfen, nrmse, region_errors
-from .pipeline import INVERSION_METHODS, PipelineConfig, StageRecorder, reconstruct, software_info
-from .reference import reference_whole_brain
+from .metrics import hfen, nrmse, region_errors, ssim, xsim
+from .pipeline import (INVERSION_METHODS, PipelineConfig, StageRecorder, method_parameters, reconstruct,
+                       software_info)
+from .reference import label_region, reference_whole_brain
 from .report import html_report, overview_image, write_png, write_text
+from .inversion import cosmos
 from .validation import as_b0_dir, check_b0
 
 log = logging.getLogger("qsmlib")
@@ -77,8 +79,8 @@ def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=N
 
 def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
             subject=None, session=None, total_field_file=None, local_field_file=None, mask_file=None,
-            reference_mask_file=None, config=None, b0_dir=None, phase_sign=1, phase_unwrapped=False,
-            force=False, progress=None, also=(), also_options=None, dicom_dir=None):
+            reference_mask_file=None, reference_labels=None, config=None, b0_dir=None, phase_sign=1,
+            phase_unwrapped=False, force=False, progress=None, also=(), also_options=None, dicom_dir=None):
     """Reconstruct susceptibility from files and write maps and provenance to ``out_dir``.
 
     Start from multi-echo magnitude and phase (files, ``bids_dir``, or a DICOM
@@ -87,6 +89,8 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
     Hz (``local_field_file``). Writes :data:`RUN_OUTPUTS`, and with ``also``
     ("swi", "r2star") the maps of :data:`ALSO_OUTPUTS` beside them
     (options for them in ``also_options``, e.g. ``{"swi": {"kind": "positive"}}``).
+    With ``reference_labels`` (label values), ``reference_mask_file`` is a
+    label image and the reference region is the voxels carrying those labels.
 
     Returns
     -------
@@ -102,7 +106,8 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
                            total_field_file=total_field_file, local_field_file=local_field_file,
                            mask_file=mask_file, reference_mask_file=reference_mask_file, config=config,
                            b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
-                           progress=progress, loaded=loaded, dicom_dir=dicom_dir)
+                           progress=progress, loaded=loaded, dicom_dir=dicom_dir,
+                           reference_labels=reference_labels)
         if also:
             _write_also(stage, "", loaded["data"], result, also, also_options or {}, progress)
     return result
@@ -110,7 +115,7 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
 
 def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_dir, subject, session,
               total_field_file, local_field_file, mask_file, reference_mask_file, config, b0_dir,
-              phase_sign, phase_unwrapped, progress, loaded=None, dicom_dir=None):
+              phase_sign, phase_unwrapped, progress, loaded=None, dicom_dir=None, reference_labels=None):
     inputs = {}
     data = None
     if total_field_file is None and local_field_file is None:
@@ -140,7 +145,14 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
         mask = load_mask(mask_file, shape, affine)
         inputs["mask"] = str(mask_file)
     region = None
-    if reference_mask_file is not None:
+    if reference_labels is not None and reference_mask_file is None:
+        raise QSMInputError("reference label values were given without a label image; "
+                            "give the label image with --reference-mask")
+    if reference_mask_file is not None and reference_labels is not None:
+        labels = load_labels(reference_mask_file, shape, affine)
+        region = label_region(labels, reference_labels, shape)
+        inputs.update(reference_labels_file=str(reference_mask_file), reference_labels=list(reference_labels))
+    elif reference_mask_file is not None:
         region = load_mask(reference_mask_file, shape, affine)
         inputs["reference_mask"] = str(reference_mask_file)
     direction, direction_source = resolve_b0_dir(affine, b0_dir)
@@ -193,6 +205,54 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
         save_nifti(stage.path(name), result.chi_ppm, affine, description="susceptibility (ppm)")
     log.info("B0 direction (%.3f, %.3f, %.3f) from the %s", *direction, source)
     return result
+
+
+def run_cosmos(field_files, out_file, *, unit, mask_file, b0_dirs, b0_t=None, options=None, force=False,
+               progress=None):
+    """COSMOS from local field maps of two or more head orientations; writes susceptibility (ppm).
+
+    The fields must be registered to one voxel grid (same shape and affine);
+    ``b0_dirs`` gives each one's B0 direction in that grid's voxel frame, in
+    the order of ``field_files`` (the rotation found by the registration
+    applied to the scanner's B0 axis).
+    """
+    if unit not in ("ppm", "hz"):
+        raise QSMInputError(f"--unit {unit}: choose ppm or hz")
+    if unit == "hz" and b0_t is None:
+        raise QSMInputError("--unit hz needs --b0 in tesla to convert the fields to ppm")
+    if b0_dirs is None or len(b0_dirs) != len(field_files):
+        given = 0 if b0_dirs is None else len(b0_dirs)
+        raise QSMInputError(f"COSMOS: {len(field_files)} field files but {given} B0 directions; give one "
+                            "--b0-dir X Y Z per field, in the registered grid's voxel frame, in the same order")
+    fields, affine = [], None
+    for path in field_files:
+        field, field_affine = load_field(path, None if affine is None else fields[0].shape)
+        if affine is not None and not np.allclose(field_affine, affine, atol=1e-3):
+            raise QSMInputError(f"{path}: its affine differs from {field_files[0]}'s; register every "
+                                "orientation's field onto one grid first")
+        affine = field_affine if affine is None else affine
+        fields.append(field if unit == "ppm" else field / hz_per_ppm(check_b0(b0_t, name="B0 (--b0)")))
+    mask = load_mask(mask_file, fields[0].shape, affine)
+    options = dict(options or {})
+    if "b0_dirs" in options:
+        raise QSMInputError("give the B0 directions with --b0-dir, not as an option")
+    options = method_parameters(cosmos, options, "cosmos")
+    del options["b0_dirs"]
+    max_iter = options["max_iter"]
+
+    def callback(iteration, change):
+        if progress is not None:
+            progress("cosmos", min(iteration / max_iter, 0.99))
+
+    out_dir, name = os.path.split(os.path.abspath(out_file))
+    with OutputDirectory(out_dir, [name], force=force) as stage:
+        chi = cosmos(fields, mask, voxel_size_from_affine(affine), b0_dirs=[as_b0_dir(d) for d in b0_dirs],
+                     callback=callback, **options)
+        chi, _offset = reference_whole_brain(chi, mask)
+        save_nifti(stage.path(name), chi, affine, description="susceptibility (ppm), COSMOS")
+    if progress is not None:
+        progress("cosmos", 1.0)
+    return chi
 
 
 def truth_names(subject):
@@ -281,12 +341,13 @@ def run_demo(out_dir, *, force=False, progress=None, config=None):
 
 
 def accuracy_metrics(chi, chi_true, mask, labels, tissues):
-    """NRMSE, HFEN and deep grey matter errors against the truth, inside ``mask``."""
+    """NRMSE, HFEN, SSIM, XSIM and deep grey matter errors against the truth, inside ``mask``."""
     names = {k: t.name for k, t in tissues.items() if t.name in DGM_STRUCTURES}
     errors = region_errors(chi, chi_true, labels, names, mask)
     truth_ref, _ = reference_whole_brain(chi_true, mask)
     means = {names[k]: float(truth_ref[(labels == k) & mask].mean()) for k in names if ((labels == k) & mask).any()}
     return {"nrmse_percent": nrmse(chi, chi_true, mask), "hfen_percent": hfen(chi, chi_true, mask),
+            "ssim": ssim(chi, chi_true, mask), "xsim": xsim(chi, chi_true, mask),
             "dgm_error_ppm": errors, "dgm_true_ppm": means,
             "dgm_max_abs_error_ppm": max(abs(e) for e in errors.values()),
             "dgm_mean_abs_error_ppm": float(np.mean([abs(e) for e in errors.values()]))}
@@ -303,6 +364,7 @@ def _write_report(stage, result, sim, metrics):
     dgm = [(name, metrics["dgm_true_ppm"][name], metrics["dgm_true_ppm"][name] + err, err)
            for name, err in metrics["dgm_error_ppm"].items()]
     summary = [("NRMSE (%)", metrics["nrmse_percent"]), ("HFEN (%)", metrics["hfen_percent"]),
+               ("SSIM (2016 challenge)", metrics["ssim"]), ("XSIM", metrics["xsim"]),
                ("worst deep grey matter error (ppm)", metrics["dgm_max_abs_error_ppm"]),
                ("reconstruction time (s)", metrics["reconstruction_time_s"]),
                ("voxels in the final mask / true brain voxels / scored (both)",

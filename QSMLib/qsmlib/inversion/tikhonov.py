@@ -14,6 +14,7 @@ from ..dipole import dipole_kernel
 from ..validation import check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import gradient_norm_squared
+from .lcurve import choose_regularisation
 
 #: Default gradient weight in mm^2: the corner of the L-curve (the selection
 #: rule of Bilgic et al. 2014) on the 1 mm head model with 0.002-0.005 ppm
@@ -39,9 +40,11 @@ def tikhonov(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TIKHO
         length at every resolution.
     b0_dir : sequence of 3 float, optional
         B0 direction in voxel coordinates.
-    lam : float, optional
+    lam : float or "auto", optional
         Weight of ``0.5 ||grad chi||^2`` relative to ``0.5 ||D chi - f||^2``,
-        in mm^2. Larger is smoother.
+        in mm^2. Larger is smoother. ``"auto"`` picks it at the corner of the
+        L-curve (:func:`qsmlib.inversion.lcurve.choose_regularisation`; call
+        that function directly to learn the chosen value).
     pad_voxels : int or sequence of 3 int, optional
         Zero margin added to the mask's bounding box (per axis) before
         rounding up to a fast FFT size.
@@ -64,6 +67,9 @@ def tikhonov(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TIKHO
        Adalsteinsson E. Fast image reconstruction with L2-regularization.
        J Magn Reson Imaging 2014;40:181-191.
     """
+    if isinstance(lam, str) and lam == "auto":
+        lam = choose_regularisation("tikhonov", field_ppm, mask, voxel_size, b0_dir=b0_dir,
+                                    pad_voxels=pad_voxels).value
     lam = check_number(lam, "lam", strict=True)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
     kernel = dipole_kernel(grid.shape, grid.voxel_size, grid.b0_dir)

@@ -18,6 +18,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
+from .lcurve import choose_regularisation
 
 
 def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
@@ -36,12 +37,14 @@ def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
     b0_dir : sequence of 3 float, optional
         B0 direction in voxel coordinates (see
         :func:`qsmlib.dipole.b0_direction_from_affine`).
-    threshold : float, optional
+    threshold : float or "auto", optional
         Smallest kernel magnitude kept, in (0, 2/3]. Larger values give less
         noise and streaking and more underestimation. The default 0.19 is in
         the range studied by Wharton et al. (2010); on the 1 mm head model
         0.15-0.25 give brain NRMSE within 1.5 % of each other at 0.002 ppm
-        noise, and 0.25 is better at 0.005 ppm.
+        noise, and 0.25 is better at 0.005 ppm. ``"auto"`` picks it at the
+        corner of the L-curve (:func:`qsmlib.inversion.lcurve.choose_regularisation`;
+        call that function directly to learn the chosen value).
     pad_voxels : int or sequence of 3 int, optional
         Zero margin added to the mask's bounding box (per axis) before
         rounding up to a fast FFT size.
@@ -70,6 +73,9 @@ def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
        reconstruction of quantitative susceptibility maps: superfast dipole
        inversion. Magn Reson Med 2013;69:1582-1594.
     """
+    if isinstance(threshold, str) and threshold == "auto":
+        threshold = choose_regularisation("tkd", field_ppm, mask, voxel_size, b0_dir=b0_dir,
+                                          pad_voxels=pad_voxels).value
     threshold = check_number(threshold, "threshold", strict=True, maximum=2.0 / 3.0)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
     inverse = _truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold)
