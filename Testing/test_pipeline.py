@@ -276,3 +276,24 @@ def test_cosmos_command_recovers_the_head_from_three_orientations(head_2mm, tmp_
     assert "3 field files but 2 B0 directions" in capsys.readouterr().err
     assert main(args + ["--local-field", *fields, *dirs, "--mask", str(tmp_path / "mask.nii.gz"), "--out", out]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_nonlinear_echo_fit_and_mcpc3ds_run_through_the_pipeline_and_are_recorded(head_2mm, tmp_path):
+    phantom, sim = head_2mm
+    config = pipeline.PipelineConfig.from_preset("fast", shrink_mask_by_residual=True,
+                                                 options={"fieldmap": {"model": "nonlinear",
+                                                                       "phase_offset": "mcpc3ds"}})
+    result = _reconstruct(sim, config=config)
+    record = next(s for s in result.provenance["stages"] if s["stage"] == "total field")
+    assert record["method"] == "nonlinear complex echo fit"
+    assert record["parameters"]["phase_offset"] == "mcpc3ds" and record["iterations"] >= 1
+    assert record["mask_voxels_removed_by_residual"] >= 0
+    # the field is the simulation's within a fraction of a Hz in the brain's well-measured voxels
+    inside = result.brain_mask & sim.brain_mask & (sim.magnitude[..., -1] > 0.3 * sim.magnitude[..., -1].max())
+    offset = np.median((result.total_field_hz - sim.total_field_hz)[inside])
+    assert np.median(np.abs(result.total_field_hz - sim.total_field_hz - offset)[inside]) < 0.5
+    metrics = accuracy_metrics(result.chi_ppm, sim.chi_ppm, result.mask & sim.brain_mask, sim.labels,
+                               phantom.tissues)
+    assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM
+    with pytest.raises(pipeline.QSMInputError, match="fieldmap"):
+        _reconstruct(sim, config=pipeline.PipelineConfig(options={"fieldmap": {"modle": "nonlinear"}}))

@@ -81,6 +81,14 @@ def _add_pipeline_options(p):
                         "laplacian = FFT estimate (default: from --preset)")
     p.add_argument("--phase-unwrapped", action="store_true",
                    help="the phase is already unwrapped (radians): skip unwrapping")
+    p.add_argument("--echo-fit", choices=("linear", "nonlinear"),
+                   help="echo combination: linear = magnitude-weighted least squares of the unwrapped phase "
+                        "(default), nonlinear = Gauss-Newton fit of the complex signal (MEDI-style)")
+    p.add_argument("--phase-offset", choices=("intercept", "mcpc3ds"),
+                   help="echo-independent phase offset: fitted as an intercept (default) or estimated "
+                        "by MCPC-3D-S and removed first (fieldmap.offset_sigma_mm sets its smoothing in mm)")
+    p.add_argument("--shrink-mask-by-residual", action="store_true",
+                   help="remove high-residual clusters at the mask edge (phase not linear in TE) from the mask")
     p.add_argument("--bgremove", choices=sorted(BGREMOVE_METHODS),
                    help="background field removal (default: from --preset)")
     p.add_argument("--inversion", choices=sorted(INVERSION_METHODS),
@@ -364,9 +372,13 @@ def _options(pairs):
 
 
 def _config(args):
+    options = _options(args.option)
+    for key, value in (("model", args.echo_fit), ("phase_offset", args.phase_offset)):
+        if value:
+            options.setdefault("fieldmap", {})[key] = value
     return PipelineConfig.from_preset(args.preset, unwrap=args.unwrap, bgremove=args.bgremove,
-                                      inversion=args.inversion, reference=args.reference,
-                                      options=_options(args.option))
+                                      inversion=args.inversion, reference=args.reference, options=options,
+                                      shrink_mask_by_residual=args.shrink_mask_by_residual)
 
 
 def _dispatch(args, progress):

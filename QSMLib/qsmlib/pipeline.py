@@ -25,7 +25,7 @@ from . import __version__
 from .bgremove import pdf, sharp, vsharp
 from .constants import hz_to_ppm
 from .errors import QSMInputError
-from .fieldmap import fit_multi_echo_field, trusted_field_mask
+from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import AUTO_PARAMETERS, choose_regularisation, ilsqr, rts, tikhonov, tkd, tsvd, tv_admm
 from .masking import brain_mask
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
@@ -73,6 +73,9 @@ class PipelineConfig:
     #: Leave voxels whose fitted field is noise out of the data terms (see
     #: :func:`qsmlib.fieldmap.trusted_field_mask`); they keep a susceptibility value.
     exclude_untrusted_field: bool = True
+    #: Remove from the mask the high-residual clusters at its edge (see
+    #: :func:`qsmlib.fieldmap.residual_exclusion_mask`), before background removal.
+    shrink_mask_by_residual: bool = False
 
     @classmethod
     def from_preset(cls, preset="consensus", *, unwrap=None, bgremove=None, inversion=None, **settings):
@@ -91,7 +94,7 @@ class PipelineConfig:
                                       ("reference", self.reference, REFERENCE_METHODS)):
             if value not in choices:
                 raise QSMInputError(f"{stage} method '{value}' is unknown; choose one of {', '.join(choices)}")
-        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask", "csf"}
+        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask", "csf", "fieldmap"}
         for name in self.options:
             if name not in known:
                 raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(known))}")
@@ -293,10 +296,20 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             unwrap_params = method_parameters(func, options.get(config.unwrap, {}), config.unwrap)
             unwrap = functools.partial(func, **unwrap_params)
             params = {"unwrap": config.unwrap, **unwrap_params}
-        with recorder.stage("total field", "magnitude-weighted least-squares echo fit", params) as (_, record):
-            fit = fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, unwrap=unwrap)
+        fit_params = method_parameters(fit_multi_echo_field, options.get("fieldmap", {}), "fieldmap")
+        fit_params.pop("unwrap")
+        params.update(fit_params)
+        fit_method = ("magnitude-weighted least-squares echo fit" if fit_params["model"] == "linear"
+                      else "nonlinear complex echo fit")
+        with recorder.stage("total field", fit_method, params) as (callback, record):
+            fit = fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, unwrap=unwrap, callback=callback,
+                                       **fit_params)
             record["noise_sd"] = fit.noise_sd
             record["noise_sd_source"] = fit.noise_sd_source
+            if config.shrink_mask_by_residual:
+                shrunk = residual_exclusion_mask(fit, mask)
+                record["mask_voxels_removed_by_residual"] = int((mask & ~shrunk).sum())
+                mask = shrunk
             if config.exclude_untrusted_field:
                 trusted = trusted_field_mask(fit, mask)
                 record["untrusted_voxels"] = int((mask & ~trusted).sum())
