@@ -1,5 +1,7 @@
 """Input checks shared by the field-fitting methods of this package."""
 
+import inspect
+
 import numpy as np
 
 from ..errors import QSMInputError
@@ -32,15 +34,24 @@ def as_echo_volumes(magnitude, phase):
     return magnitude, phase
 
 
-def unwrap_checked(unwrap, phase, mask, voxel_size):
+def unwrap_checked(unwrap, phase, mask, voxel_size, magnitude=None):
     """Call the user's unwrapper, check its result, and make it congruent with ``phase``.
+
+    ``magnitude`` is passed on to unwrappers that take it (quality weights, as in ROMEO).
 
     The temporal unwrapping builds on this result as if it were the measured
     phase plus whole turns. An estimate that is not (the Laplacian one) is
     snapped to the nearest such value, which leaves an exact unwrapper's
     result unchanged.
     """
-    result = np.asarray(unwrap(phase, mask, voxel_size))
+    extra = {}
+    if magnitude is not None:
+        try:
+            if "magnitude" in inspect.signature(unwrap).parameters:
+                extra["magnitude"] = magnitude
+        except (TypeError, ValueError):  # a callable without a signature: call it plainly
+            pass
+    result = np.asarray(unwrap(phase, mask, voxel_size, **extra))
     if result.shape != phase.shape or not np.all(np.isfinite(result[mask])):
         raise QSMInputError(f"unwrap: {getattr(unwrap, '__name__', unwrap)} returned shape "
                             f"{result.shape} or non-finite values; it must return a finite "

@@ -268,11 +268,11 @@ def fit_multi_echo_field(magnitude, phase, te_s, mask, voxel_size, *, unwrap=unw
         step = None
     elif n_echoes == 1:
         # No intercept: field = phase / (2 pi TE), var(f) = sigma^2 / (|S|^2 (2 pi TE)^2).
-        step = unwrap_checked(unwrap, phase[..., 0], mask, voxel_size)[mask]
+        step = unwrap_checked(unwrap, phase[..., 0], mask, voxel_size, magnitude[..., 0])[mask]
     else:
         # Step 1: echo-difference phase (no offset), unwrapped in space once.
         difference = wrap_to_pi(phase[..., 1] - phase[..., 0])
-        step = unwrap_checked(unwrap, difference, mask, voxel_size)[mask]
+        step = unwrap_checked(unwrap, difference, mask, voxel_size, magnitude[..., 0])[mask]
         del difference
 
     offset = None

@@ -103,7 +103,8 @@ def mcpc3ds_phase_offset(magnitude, phase, te_s, mask, voxel_size, *, sigma_mm=M
         step = phase[..., 1].astype(np.float64) - phase[..., 0]
         first = phase[..., 0]
     else:
-        step = unwrap_checked(unwrap, wrap_to_pi(phase[..., 1] - phase[..., 0]), mask, voxel_size)
+        step = unwrap_checked(unwrap, wrap_to_pi(phase[..., 1] - phase[..., 0]), mask, voxel_size,
+                              magnitude[..., 0])
         first = wrap_to_pi(phase[..., 0])
     raw = first - te[0] * step / (te[1] - te[0])
     offset = smooth_phase(raw, magnitude[..., 0], mask, voxel_size, sigma_mm)

@@ -1,0 +1,278 @@
+"""ROMEO-style unwrapping: round trips, noise isolation, simulated head and real multi-echo phase."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from qsmlib import QSMInputError
+from qsmlib.io.multiecho import load_multi_echo
+from qsmlib.simulation import load_head_phantom, simulate_gre
+from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_romeo
+from qsmlib.unwrap.romeo import _sum_to_root, edge_weights
+
+TWO_PI = 2 * np.pi
+
+
+def grid(shape):
+    """Centred voxel coordinates, broadcastable."""
+    return np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij", sparse=True)
+
+
+def smooth_phase(shape=(64, 64, 64)):
+    """Ramp plus quadratic, about -25 to +60 rad: many wraps, < 2 rad per voxel."""
+    x, y, z = grid(shape)
+    return (0.9 * x + 0.4 * y - 0.3 * z + 0.012 * (x ** 2 + 0.5 * y ** 2 - z ** 2)
+            + 0.008 * x * y).astype(np.float64)
+
+
+def ellipsoid(shape, axes, centre_offset=(0, 0, 0)):
+    x, y, z = grid(shape)
+    return sum(((c - o) / a) ** 2 for c, o, a in zip((x, y, z), centre_offset, axes)) <= 1
+
+
+def wrap(phase):
+    return np.angle(np.exp(1j * phase))
+
+
+def turn_errors(result, truth, region):
+    """Voxels of ``region`` off the truth by a whole turn, after the most common global turn."""
+    turns = np.rint((result[region] - truth[region]) / TWO_PI).astype(np.int64)
+    common = np.bincount(turns - turns.min()).argmax() + turns.min()
+    return turns != common
+
+
+def residual_from_turns(result, truth, region):
+    """Largest |result - truth - 2 pi k| over ``region`` with one global k."""
+    difference = (result - truth)[region]
+    turns = np.round(np.median(difference) / TWO_PI)
+    return np.abs(difference - TWO_PI * turns).max()
+
+
+def test_round_trip_is_exact_modulo_one_global_turn():
+    truth = smooth_phase()
+    assert np.ptp(truth) > 60
+    wrapped = wrap(truth)
+    result = unwrap_romeo(wrapped)
+    assert result.dtype == np.float32 and result.shape == truth.shape
+    assert residual_from_turns(result, truth, np.ones(truth.shape, bool)) < 1e-4
+    turns = (result - wrapped) / TWO_PI
+    assert np.abs(turns - np.round(turns)).max() < 1e-4
+    assert -np.pi <= np.median(result) < np.pi
+
+
+def test_round_trip_with_magnitude_and_second_echo_is_exact():
+    truth = smooth_phase((48, 48, 40))
+    x, y, _ = grid(truth.shape)
+    magnitude = (1 + 0.5 * np.cos(x / 5.0) * np.sin(y / 7.0)).astype(np.float32) * np.ones(truth.shape)
+    result = unwrap_romeo(wrap(truth), None, (1, 1, 1), magnitude=magnitude,
+                          phase2=wrap(1.5 * truth), te_ratio=1.5)
+    assert residual_from_turns(result, truth, np.ones(truth.shape, bool)) < 1e-4
+
+
+def test_masked_and_unwrapped_input_zero_outside_and_congruent():
+    truth = smooth_phase()
+    mask = ellipsoid(truth.shape, (28, 24, 20))
+    result = unwrap_romeo(truth + TWO_PI * 3, mask, (1, 1, 1))
+    assert residual_from_turns(result, truth, mask) < 1e-4
+    assert np.all(result[~mask] == 0)
+    assert -np.pi <= np.median(result[mask]) < np.pi
+
+
+def test_each_component_unwrapped_with_its_own_offset():
+    shape = (64, 48, 40)
+    truth = smooth_phase(shape)
+    parts = [ellipsoid(shape, (12, 14, 12), (-16, 0, 0)), ellipsoid(shape, (12, 14, 12), (17, 0, 0)),
+             ellipsoid(shape, (3, 3, 3), (0, 18, 14))]
+    assert not np.any(parts[0] & parts[1]) and not np.any(parts[1] & parts[2])
+    result = unwrap_romeo(wrap(truth), parts[0] | parts[1] | parts[2])
+    for part in parts:
+        assert residual_from_turns(result, truth, part) < 1e-4
+        assert -np.pi <= np.median(result[part]) < np.pi
+
+
+def test_noise_in_low_magnitude_voxels_does_not_spread_into_the_signal():
+    # A slab of pure noise (random phase, magnitude 2 % of the tissue's) cuts the
+    # volume except for a bridge at large y. Its noise edges are often more phase
+    # coherent than the steep signal edges (1.4 rad per voxel): without magnitude
+    # the tree runs through the noise and puts signal voxels a turn off; with
+    # magnitude the noise is joined last and every signal voxel is exact.
+    rng = np.random.default_rng(3)
+    shape = (48, 48, 32)
+    x, y, z = grid(shape)
+    truth = (1.4 * x + 0.3 * y + 0.02 * z ** 2) * np.ones(shape)
+    noise = (np.abs(x) < 4) & (y < 14) & np.ones(shape, bool)
+    signal = ~noise
+    measured = np.where(noise, rng.uniform(-np.pi, np.pi, shape), wrap(truth))
+    magnitude = np.where(noise, 0.02, 1.0) * (1 + 0.05 * rng.standard_normal(shape))
+    magnitude = np.abs(magnitude).astype(np.float32)
+
+    result = unwrap_romeo(measured, None, (1, 1, 1), magnitude=magnitude)
+    assert np.count_nonzero(turn_errors(result, truth, signal)) == 0
+    assert residual_from_turns(result, truth, signal) < 1e-4
+    phase_only = unwrap_romeo(measured, None, (1, 1, 1))
+    assert np.count_nonzero(turn_errors(phase_only, truth, signal)) > 0
+
+
+def test_edge_weights_follow_the_romeo_terms():
+    # Two voxels along x: step 0.5 rad, second-echo step 1.2 rad at TE ratio 2
+    # (0.6 rad scaled), magnitudes 1 and 0.25 with reference 0.5 * 90th percentile.
+    phase = np.zeros((2, 2, 2), np.float32)
+    phase[1] = 0.5
+    phase2 = np.zeros_like(phase)
+    phase2[1] = 1.2
+    magnitude = np.ones_like(phase)
+    magnitude[1] = 0.25
+    region = np.ones(phase.shape, bool)
+    weights = edge_weights(phase, region, magnitude=magnitude, phase2=phase2, te_ratio=2.0)
+    reference = 0.5 * np.percentile(magnitude, 90)
+    expected = (1 - 0.5 / np.pi) * (1 - 0.1) * 0.25 * min(1, 0.25 / reference)
+    assert weights[0][0, 0, 0] == round(255 * expected)
+    assert weights[0][1, 0, 0] == 0                 # no neighbour beyond the last slice
+    assert weights[1][0, 0, 0] == 255               # constant phase and magnitude along y
+    outside = region.copy()
+    outside[0, 1, 1] = False
+    assert edge_weights(phase, outside)[2][0, 1, 0] == 0
+
+
+def test_pointer_jumping_sums_steps_along_tree_paths():
+    # Random tree: parent of node k is a random earlier node; sums checked by a direct loop.
+    rng = np.random.default_rng(0)
+    n = 5000
+    root = n
+    parent = np.empty(n + 1, np.int32)
+    parent[0] = root
+    parent[1:n] = (rng.random(n - 1) * np.arange(1, n)).astype(np.int32)
+    parent[root] = root
+    permutation = np.append(rng.permutation(n), root).astype(np.int32)   # scramble node order
+    inverse = np.argsort(permutation).astype(np.int32)
+    scrambled_parent = permutation[parent[inverse]]
+    step = rng.integers(-1, 2, n + 1).astype(np.int32)
+    step[root] = 0
+    total = _sum_to_root(step, scrambled_parent, root)
+    expected = np.zeros(n + 1, np.int64)
+    for node in range(n + 1):
+        walk = node
+        while walk != root:
+            expected[node] += step[walk]
+            walk = scrambled_parent[walk]
+    assert np.array_equal(total, expected)
+
+
+@pytest.fixture(scope="module")
+def head():
+    return simulate_gre(load_head_phantom(2.0), b0_t=3.0)   # TE 4-28 ms, SNR 100
+
+
+def test_simulated_head_no_turn_errors_where_the_phase_is_sampled(head):
+    # Echo 3 (16 ms) plus a strong linear background of 1000 Hz across the volume:
+    # about 15 turns in the brain. Only voxels next to true steps above pi
+    # (undersampled phase near the sinuses, where no unwrapper can know the turn)
+    # may be wrong; every other brain voxel must be exact.
+    echo, brain = 2, head.brain_mask
+    x, _, _ = grid(brain.shape)
+    background_hz = 1000 * x / brain.shape[0]
+    te = head.te_s[echo]
+    truth = TWO_PI * te * (head.total_field_hz + background_hz) + head.phase_offset_rad
+    measured = wrap(head.phase[..., echo] + TWO_PI * te * background_hz)
+    assert np.ptp(truth[brain]) / TWO_PI > 12
+    result = unwrap_romeo(measured, brain, head.voxel_size_mm, magnitude=head.magnitude[..., echo])
+    wrong = np.zeros_like(brain)
+    wrong[brain] = turn_errors(result, truth, brain)
+    aliased = np.zeros_like(brain)
+    for axis in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        steep = (np.abs(truth[tuple(hi)] - truth[tuple(lo)]) > np.pi) & brain[tuple(lo)] & brain[tuple(hi)]
+        aliased[tuple(lo)] |= steep
+        aliased[tuple(hi)] |= steep
+    near_aliased = ndimage.binary_dilation(aliased, iterations=2)
+    assert np.count_nonzero(wrong & ~near_aliased) == 0
+    assert np.count_nonzero(wrong) < 1e-3 * np.count_nonzero(brain)
+    assert np.all(result[~brain] == 0)
+
+
+def test_simulated_head_temporal_unwrapping_is_exact_in_every_echo(head):
+    # Temporal unwrapping needs no spatial path: even the late echoes, whose phase
+    # is undersampled near the sinuses, come out exact, one global turn per echo.
+    brain = head.brain_mask
+    result = unwrap_echoes_temporal(head.phase, head.te_s, brain, head.voxel_size_mm,
+                                    magnitude=head.magnitude)
+    assert result.shape == head.phase.shape and result.dtype == np.float32
+    for echo, te in enumerate(head.te_s):
+        truth = TWO_PI * te * head.total_field_hz + head.phase_offset_rad
+        assert np.count_nonzero(turn_errors(result[..., echo], truth, brain)) == 0
+        turns = (result[..., echo] - head.phase[..., echo])[brain] / TWO_PI
+        assert np.abs(turns - np.round(turns)).max() < 1e-3
+    # The late echoes carry the same global turn as the reference scaled by TE: the
+    # unwrapped echoes agree with one field (fitted slope within noise of the truth).
+    te = head.te_s
+    values = result[brain].astype(np.float64)
+    slope = np.polyfit(te, values.T, 1)[0] / TWO_PI
+    assert np.median(np.abs(slope - head.total_field_hz[brain])) < 1.0
+    # Scaling the reference for every echo multiplies the phase offset (1.5 rad peak)
+    # by TE_e / TE_1 - 1; with the true offset given it is exact too.
+    ratio = unwrap_echoes_temporal(head.phase, head.te_s, brain, head.voxel_size_mm,
+                                   magnitude=head.magnitude, prediction="ratio",
+                                   phase_offset_rad=head.phase_offset_rad)
+    truth = TWO_PI * te[-1] * head.total_field_hz + head.phase_offset_rad
+    assert np.count_nonzero(turn_errors(ratio[..., -1], truth, brain)) == 0
+
+
+def test_real_multi_echo_phase_is_linear_in_time(shared_data):
+    folder = shared_data / "romeo-small"
+    te = np.array([0.004, 0.008, 0.012])   # the ROMEO.jl test settings (not in the files)
+    data = load_multi_echo([folder / "Mag.nii.gz"], [folder / "Phase.nii.gz"], te, 3.0)
+    first = data.magnitude[..., 0]
+    mask = first > 0.5 * np.percentile(first, 90)
+    result = unwrap_echoes_temporal(data.phase, te, mask, (0.47, 0.47, 1.0), magnitude=data.magnitude)
+    assert np.all(result[~mask] == 0)
+    turns = (result - data.phase)[mask] / TWO_PI
+    assert np.abs(turns - np.round(turns)).max() < 1e-3
+    # The data wrap: the unwrapped last echo spans several turns inside the mask.
+    assert np.ptp(result[..., 2][mask]) > 2 * TWO_PI
+    # Linear fit phase = a + b TE per voxel; residuals are noise. A turn error in
+    # one echo would leave a residual of at least 2 pi / 3 (2.09 rad) in that voxel.
+    values = result[mask].astype(np.float64)
+    design = np.stack([np.ones_like(te), te], axis=1)
+    residual = values - (design @ np.linalg.lstsq(design, values.T, rcond=None)[0]).T
+    assert np.percentile(np.abs(residual), 95) < 0.05 * np.pi
+    assert np.percentile(np.abs(residual), 99) < 0.05 * np.pi
+    assert np.abs(residual).max() < 0.75 * (TWO_PI / 3)
+    # No 2 pi jumps between neighbours in the spatially unwrapped reference echo.
+    reference = result[..., 0]
+    for axis in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        both = mask[tuple(lo)] & mask[tuple(hi)]
+        assert np.abs(reference[tuple(hi)] - reference[tuple(lo)])[both].max() < np.pi
+
+
+def test_bad_input_is_refused():
+    phase = np.zeros((8, 8, 8), np.float32)
+    with pytest.raises(QSMInputError, match="mask"):
+        unwrap_romeo(phase, np.ones((8, 8, 7), bool))
+    with pytest.raises(QSMInputError, match="phase"):
+        unwrap_romeo(np.zeros((8, 8)))
+    with pytest.raises(QSMInputError, match="NaN"):
+        unwrap_romeo(np.full((8, 8, 8), np.nan))
+    with pytest.raises(QSMInputError, match="magnitude"):
+        unwrap_romeo(phase, magnitude=np.ones((8, 8, 9)))
+    with pytest.raises(QSMInputError, match="negative"):
+        unwrap_romeo(phase, magnitude=-np.ones((8, 8, 8)))
+    with pytest.raises(QSMInputError, match="te_ratio"):
+        unwrap_romeo(phase, phase2=phase)
+    with pytest.raises(QSMInputError, match="te_ratio"):
+        unwrap_romeo(phase, phase2=phase, te_ratio=0)
+    phase4d = np.zeros((8, 8, 8, 3), np.float32)
+    with pytest.raises(QSMInputError, match="4D"):
+        unwrap_echoes_temporal(phase, [0.004])
+    with pytest.raises(QSMInputError, match="te_s"):
+        unwrap_echoes_temporal(phase4d, [0.004, 0.008])
+    with pytest.raises(QSMInputError, match="milliseconds"):
+        unwrap_echoes_temporal(phase4d, [4, 8, 12])
+    with pytest.raises(QSMInputError, match="reference_echo"):
+        unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], reference_echo=3)
+    with pytest.raises(QSMInputError, match="prediction"):
+        unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], prediction="quadratic")
+    with pytest.raises(QSMInputError, match="magnitude"):
+        unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], magnitude=np.ones((8, 8, 8, 2)))
