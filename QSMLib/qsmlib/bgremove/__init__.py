@@ -7,13 +7,20 @@ linear, so the field may be in Hz or ppm.
 
 - :func:`sharp`: SHARP, one spherical mean value (SMV) radius.
 - :func:`vsharp`: V-SHARP, SMV radii shrinking towards the brain edge.
+- :func:`resharp`: RESHARP, SHARP with Tikhonov regularisation.
+- :func:`ismv`: iSMV, the mean value property iterated to a fixed point.
+- :func:`lbv`: LBV, Laplace's equation with the total field on the boundary.
 - :func:`pdf`: projection onto dipole fields; no erosion.
 
-SHARP and V-SHARP share the SMV kernel and erosion of :mod:`.smv`.
+SHARP, V-SHARP, RESHARP and iSMV share the SMV kernel and erosion of
+:mod:`.smv`; LBV, RESHARP and iSMV share the conjugate gradient solver.
 """
 
+from .ismv import ismv
+from .lbv import lbv
 from .pdf import pdf
+from .resharp import resharp
 from .sharp import sharp
 from .vsharp import vsharp
 
-__all__ = ["pdf", "sharp", "vsharp"]
+__all__ = ["ismv", "lbv", "pdf", "resharp", "sharp", "vsharp"]
