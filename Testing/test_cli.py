@@ -160,7 +160,7 @@ def test_presets_choose_methods_and_single_stages_override_them(small_inputs, ca
     from qsmlib.pipeline import PRESETS, PipelineConfig
 
     fast = PipelineConfig.from_preset("fast")
-    assert (fast.unwrap, fast.bgremove, fast.inversion) == ("reliability", "vsharp", "tkd")
+    assert (fast.unwrap, fast.bgremove, fast.inversion) == ("romeo", "vsharp", "tkd")
     assert PipelineConfig.from_preset("consensus", inversion="tikhonov").inversion == "tikhonov"
     assert PipelineConfig() == PipelineConfig.from_preset("consensus")
     assert set(PRESETS) == {"consensus", "fast"}

@@ -141,9 +141,9 @@ class QSMReconstructionParameterNode:
     fieldStrengthT: Annotated[float, WithinRange(0.1, 21.1)] = 3.0
     mask: Optional[vtkMRMLNode]
     preset: Annotated[str, Choice(list(PRESETS))] = "consensus"
-    unwrap: Annotated[str, Choice(list(UNWRAP_METHODS))] = "reliability"
-    bgremove: Annotated[str, Choice(list(BGREMOVE_METHODS))] = "vsharp"
-    inversion: Annotated[str, Choice(list(INVERSION_METHODS))] = "tv-admm"
+    unwrap: Annotated[str, Choice(list(UNWRAP_METHODS))] = PRESETS["consensus"]["unwrap"]
+    bgremove: Annotated[str, Choice(list(BGREMOVE_METHODS))] = PRESETS["consensus"]["bgremove"]
+    inversion: Annotated[str, Choice(list(INVERSION_METHODS))] = PRESETS["consensus"]["inversion"]
     reference: Annotated[str, Choice(["brain", "none"])] = "brain"
     flipPhaseSign: bool = False
     options: str = ""

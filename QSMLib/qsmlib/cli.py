@@ -73,12 +73,13 @@ def _positive_float(text):
 def _add_pipeline_options(p):
     p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude")
     p.add_argument("--preset", choices=sorted(PRESETS), default="consensus",
-                   help="methods per stage: consensus (default; 2024 QSM consensus: reliability, vsharp, "
-                        "tv-admm) or fast (previews in seconds: reliability, vsharp, tkd); --unwrap, "
+                   help="methods per stage: consensus (default; 2024 QSM consensus: romeo, pdf, "
+                        "tv-admm) or fast (previews in seconds: romeo, vsharp, tkd); --unwrap, "
                         "--bgremove and --inversion override single stages")
     p.add_argument("--unwrap", choices=sorted(UNWRAP_METHODS),
-                   help="spatial phase unwrapping: reliability = exact quality-guided path following, "
-                        "laplacian = FFT estimate (default: from --preset)")
+                   help="spatial phase unwrapping: romeo = exact quality-guided region growing (magnitude "
+                        "and phase coherence weights), reliability = exact path following sorted by phase "
+                        "reliability, laplacian = FFT estimate (default: from --preset)")
     p.add_argument("--phase-unwrapped", action="store_true",
                    help="the phase is already unwrapped (radians): skip unwrapping")
     p.add_argument("--echo-fit", choices=("linear", "nonlinear"),
