@@ -100,12 +100,15 @@ def test_oblique_acquisition_uses_b0_from_the_affine(head_2mm):
 
 def test_every_entry_stage_gives_the_same_inversion(head_2mm):
     _phantom, sim = head_2mm
-    full = _reconstruct(sim, mask=sim.brain_mask)
+    # V-SHARP: unweighted, so a total field given as a file carries everything it uses (PDF and the
+    # nonlinear inversions also use the echo fit's noise map, which only the multi-echo entry has)
+    config = pipeline.PipelineConfig(bgremove="vsharp")
+    full = _reconstruct(sim, mask=sim.brain_mask, config=config)
     from_total = reconstruct(total_field_hz=full.total_field_hz, mask=sim.brain_mask, b0_t=sim.b0_t,
-                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
     np.testing.assert_allclose(from_total.chi_ppm, full.chi_ppm, atol=1e-5)
     from_local = reconstruct(local_field_hz=full.local_field_hz, mask=full.mask, b0_t=sim.b0_t,
-                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
+                             voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
     np.testing.assert_allclose(from_local.chi_ppm, full.chi_ppm, atol=1e-5)
     assert [s["stage"] for s in from_local.provenance["stages"]] == ["mask", "dipole inversion", "referencing"]
     # the local-field entry is exactly tv_admm plus whole-brain referencing
@@ -114,7 +117,8 @@ def test_every_entry_stage_gives_the_same_inversion(head_2mm):
     np.testing.assert_allclose(from_local.chi_ppm, direct, atol=1e-5)
     # unwrapped phase given as such skips unwrapping and gives the same field
     unwrapped = sim.phase_offset_rad[..., None] + 2 * np.pi * sim.total_field_hz[..., None] * np.asarray(sim.te_s)
-    given = _reconstruct(sim, phase=unwrapped.astype(np.float32), mask=sim.brain_mask, phase_unwrapped=True)
+    given = _reconstruct(sim, phase=unwrapped.astype(np.float32), mask=sim.brain_mask, phase_unwrapped=True,
+                         config=config)
     inside = sim.brain_mask & (sim.magnitude[..., -1] > 0.2 * sim.magnitude[..., -1].max())
     assert np.median(np.abs(given.total_field_hz - full.total_field_hz)[inside]) < 0.5
 
@@ -297,3 +301,23 @@ def test_nonlinear_echo_fit_and_mcpc3ds_run_through_the_pipeline_and_are_recorde
     assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM
     with pytest.raises(pipeline.QSMInputError, match="fieldmap"):
         _reconstruct(sim, config=pipeline.PipelineConfig(options={"fieldmap": {"modle": "nonlinear"}}))
+
+
+def test_medi_plus_zero_gets_magnitude_noise_weights_csf_and_phase_scale_from_the_acquisition(head_2mm):
+    phantom, sim = head_2mm
+    result = _reconstruct(sim, config=pipeline.PipelineConfig(inversion="medi+0", check_phase_sign=False))
+    record = next(s for s in result.provenance["stages"] if s["stage"] == "dipole inversion")
+    assert record["data_from_acquisition"] == ["csf_mask", "magnitude", "weights"]
+    assert record["csf_volume_ml"] > 5
+    assert record["parameters"]["rad_per_ppm"] == pytest.approx(2 * np.pi * hz_per_ppm(3.0) * np.mean(sim.te_s))
+    assert 0 < record["iterations"] <= record["parameters"]["max_iter"]
+    metrics = accuracy_metrics(result.chi_ppm, sim.chi_ppm, result.mask & sim.brain_mask, sim.labels,
+                               phantom.tissues)
+    assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM
+    # what comes from the acquisition is not an option
+    with pytest.raises(pipeline.QSMInputError, match="has no option magnitude"):
+        pipeline.PipelineConfig(inversion="medi", options={"medi": {"magnitude": 1}}).validate()
+    with pytest.raises(pipeline.QSMInputError, match="two echoes"):
+        reconstruct(local_field_hz=result.local_field_hz, mask=result.mask, b0_t=sim.b0_t,
+                    voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir,
+                    config=pipeline.PipelineConfig(inversion="medi+0"))

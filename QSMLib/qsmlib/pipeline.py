@@ -23,10 +23,11 @@ import numpy as np
 
 from . import __version__
 from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
-from .constants import hz_to_ppm
+from .constants import hz_per_ppm, hz_to_ppm
 from .errors import QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
-from .inversion import AUTO_PARAMETERS, choose_regularisation, ilsqr, rts, tikhonov, tkd, tsvd, tv_admm
+from .inversion import (AUTO_PARAMETERS, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov, tkd, tsvd,
+                        tv_admm)
 from .masking import brain_mask
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
 from .relaxometry import r2star_loglinear
@@ -36,7 +37,9 @@ from .validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_b0, 
 UNWRAP_METHODS = {"reliability": unwrap_reliability, "romeo": unwrap_romeo, "laplacian": unwrap_laplacian}
 BGREMOVE_METHODS = {"vsharp": vsharp, "sharp": sharp, "pdf": pdf, "lbv": lbv, "resharp": resharp, "ismv": ismv}
 INVERSION_METHODS = {"tv-admm": tv_admm, "tikhonov": tikhonov, "tkd": tkd, "tsvd": tsvd, "ilsqr": ilsqr,
-                     "rts": rts}
+                     "rts": rts, "medi": medi, "medi+0": medi, "nltv": nltv, "star": star}
+#: Inversion arguments that the pipeline fills from the acquisition, not options.
+ACQUISITION_ARGUMENTS = ("magnitude", "weights", "csf_mask")
 REFERENCE_METHODS = ("brain", "csf", "region", "none")
 
 #: Method per stage of each preset, for the command line and the Slicer module.
@@ -96,10 +99,12 @@ class PipelineConfig:
                                       ("reference", self.reference, REFERENCE_METHODS)):
             if value not in choices:
                 raise QSMInputError(f"{stage} method '{value}' is unknown; choose one of {', '.join(choices)}")
-        known = set(UNWRAP_METHODS) | set(BGREMOVE_METHODS) | set(INVERSION_METHODS) | {"mask", "csf", "fieldmap"}
-        for name in self.options:
-            if name not in known:
-                raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(known))}")
+        functions = {**UNWRAP_METHODS, **BGREMOVE_METHODS, **INVERSION_METHODS, "mask": brain_mask,
+                     "csf": csf_reference_mask, "fieldmap": fit_multi_echo_field}
+        for name, values in self.options.items():
+            if name not in functions:
+                raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(functions))}")
+            method_parameters(functions[name], values, name)  # refuses unknown options, used or not
         return self
 
 
@@ -122,7 +127,7 @@ def method_parameters(func, options, name):
     """
     signature = inspect.signature(func)
     keyword = {p.name: p.default for p in signature.parameters.values()
-               if p.kind == p.KEYWORD_ONLY and p.name not in ("callback", "b0_dir")}
+               if p.kind == p.KEYWORD_ONLY and p.name not in ("callback", "b0_dir") + ACQUISITION_ARGUMENTS}
     unknown = set(options) - set(keyword)
     if unknown:
         raise QSMInputError(f"'{name}' has no option {', '.join(sorted(unknown))}; "
@@ -289,6 +294,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         recorder.stages.append({"stage": "mask", "method": "given", "parameters": {}, "time_s": 0.0})
     brain = mask.copy()
     trusted = None  # voxels whose field is trusted, when the echo fit tells
+    noise_weights = None  # inverse field noise SD, median 1, when the echo fit tells
 
     if local_field_hz is None and total_field_hz is None:
         if phase_unwrapped:
@@ -316,30 +322,52 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                 trusted = trusted_field_mask(fit, mask)
                 record["untrusted_voxels"] = int((mask & ~trusted).sum())
         total_field_hz = fit.field_hz
-        if config.bgremove == "pdf" and "weights" not in options.get("pdf", {}):
-            # noise weighting of the fit (Liu et al. 2011), untrusted voxels left out
-            weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
-            weights /= np.median(weights[mask])
-            options = dict(options, pdf=dict(options.get("pdf", {}),
-                                             weights=np.where(mask if trusted is None else trusted, weights, 0)))
+        # noise weighting from the fit (Liu et al. 2011), untrusted voxels left out
+        noise_weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
+        noise_weights = np.where(mask if trusted is None else trusted, noise_weights / np.median(noise_weights[mask]),
+                                 0).astype(np.float32)
     elif total_field_hz is not None:
         total_field_hz = as_volume(total_field_hz, "total field")
 
     if local_field_hz is None:
         func = BGREMOVE_METHODS[config.bgremove]
         params = method_parameters(func, options.get(config.bgremove, {}), config.bgremove)
-        with recorder.stage("background removal", config.bgremove, params) as (callback, _):
-            local_field_hz, mask = _call(func, (total_field_hz, mask, voxel_size), params, b0_dir, callback)
+        data = {"weights": noise_weights} if "weights" in inspect.signature(func).parameters else {}
+        with recorder.stage("background removal", config.bgremove, params) as (callback, record):
+            record["data_from_acquisition"] = sorted(k for k, v in data.items() if v is not None)
+            local_field_hz, mask = _call(func, (total_field_hz, mask, voxel_size), dict(params, **data), b0_dir,
+                                         callback)
         if not mask.any():
             raise QSMInputError(f"background removal ({config.bgremove}) eroded the whole mask; "
                                 "use smaller radii or another method")
     else:
         local_field_hz = as_volume(local_field_hz, "local field")
 
+    r2star = None
+    if magnitude is not None and magnitude.shape[3] >= 2 and (
+            config.check_phase_sign or config.reference == "csf" or config.inversion == "medi+0"):
+        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
+
     func = INVERSION_METHODS[config.inversion]
     params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
     if trusted is not None and params.get("data_mask", False) is None:
         params["data_mask"] = trusted
+    # What the nonlinear and weighted inversions take from the acquisition, unless given as options
+    accepted = inspect.signature(func).parameters
+    data = {}
+    if "weights" in accepted:
+        data["weights"] = noise_weights
+    if "magnitude" in accepted and magnitude is not None:
+        data["magnitude"] = np.sqrt(np.sum(np.square(magnitude, dtype=np.float32), axis=3))
+    if "rad_per_ppm" in accepted and te_s is not None and "rad_per_ppm" not in options.get(config.inversion, {}):
+        # phase per ppm at the mean echo time (Hz per ppm times 2 pi TE)
+        params["rad_per_ppm"] = float(2 * np.pi * hz_per_ppm(b0_t) * np.mean(te_s))
+    if config.inversion == "medi+0":
+        if r2star is None:
+            raise QSMInputError("medi+0 finds its CSF zero reference from R2*, which needs magnitude and phase "
+                                "with two echoes or more; use --inversion medi")
+        data["csf_mask"] = csf_reference_mask(magnitude, r2star, mask, voxel_size,
+                                              **method_parameters(csf_reference_mask, options.get("csf", {}), "csf"))
     with recorder.stage("dipole inversion", config.inversion, params) as (callback, record):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
         auto_key = AUTO_PARAMETERS.get(config.inversion)
@@ -349,11 +377,11 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             params = dict(params, **{auto_key: choice.value})
             record["parameters"][auto_key] = choice.value
             record["auto_regularisation"] = choice.as_record()
-        chi = _call(func, (field_ppm, mask, voxel_size), params, b0_dir, callback)
+        if "csf_mask" in data:
+            record["csf_volume_ml"] = round(float(data["csf_mask"].sum() * np.prod(voxel_size)) / 1000.0, 2)
+        record["data_from_acquisition"] = sorted(k for k, v in data.items() if v is not None)
+        chi = _call(func, (field_ppm, mask, voxel_size), dict(params, **data), b0_dir, callback)
 
-    r2star = None
-    if magnitude is not None and magnitude.shape[3] >= 2 and (config.check_phase_sign or config.reference == "csf"):
-        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
     params = method_parameters(csf_reference_mask, options.get("csf", {}), "csf") if config.reference == "csf" else {}
     with recorder.stage("referencing", config.reference, params) as (_, record):
         if config.reference == "none":

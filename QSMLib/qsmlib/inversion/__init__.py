@@ -12,6 +12,10 @@ Iterative:
 - :func:`tv_admm`: total-variation inversion by ADMM (the consensus default).
 - :func:`ilsqr`: LSQR with streaking estimation and removal (iLSQR).
 - :func:`rts`: rapid two-step: well-conditioned k-space first, TV fill-in of the cone.
+- :func:`medi`: MEDI-L1, gradient sparsity outside the magnitude's edges, nonlinear
+  data term; with ``csf_mask`` MEDI+0 (uniform CSF, zero reference).
+- :func:`nltv`: nonlinear TV (FANSI-style ADMM on the complex exponential of the field).
+- :func:`star`: STAR-QSM, strong sources first, then TV for the rest.
 
 All share the signature ``method(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), ...)``
 (COSMOS takes a list of fields and ``b0_dirs``) and return float32
@@ -23,7 +27,10 @@ from .cosmos import cosmos
 from .gradient import divergence, gradient, gradient_eigenvalues, gradient_norm_squared
 from .ilsqr import ilsqr
 from .lcurve import AUTO_PARAMETERS, RegularisationChoice, choose_regularisation, lcurve_choice, lcurve_corner
+from .medi import magnitude_edges, medi
+from .nltv import nltv
 from .rts import rts
+from .star import star
 from .tikhonov import tikhonov
 from .tkd import tkd
 from .tsvd import tsvd
@@ -31,4 +38,5 @@ from .tv_admm import tv_admm
 
 __all__ = ["AUTO_PARAMETERS", "RegularisationChoice", "choose_regularisation", "cosmos", "divergence",
            "gradient", "gradient_eigenvalues", "gradient_norm_squared", "ilsqr", "lcurve_choice",
-           "lcurve_corner", "rts", "tikhonov", "tkd", "tsvd", "tv_admm"]
+           "lcurve_corner", "magnitude_edges", "medi", "nltv", "rts", "star", "tikhonov", "tkd", "tsvd",
+           "tv_admm"]
