@@ -54,11 +54,14 @@ def _run(args, capsys):
 def test_run_dicom_equals_run_on_equivalent_nifti(vendor_series, vendor, tmp_path, capsys):
     fixture = vendor_series[vendor]
     mag, phase = fixtures.write_equivalent_nifti(fixture, tmp_path / "nifti")
-    code, err = _run(["run", "--dicom", fixture["folder"], "--out", tmp_path / "from_dicom"], capsys)
+    # The fast preset is direct (no iterative solver whose stopping point could amplify the
+    # float32 rounding of the two readers), so the maps must agree to 1e-4 ppm.
+    code, err = _run(["run", "--dicom", fixture["folder"], "--out", tmp_path / "from_dicom", "--preset", "fast"],
+                     capsys)
     assert code == 0, err
     te = [str(t) for t in fixtures.TE_S]
     code, err = _run(["run", "--mag", mag, "--phase", phase, "--te", *te, "--b0", fixtures.B0_T,
-                      "--out", tmp_path / "from_nifti"], capsys)
+                      "--out", tmp_path / "from_nifti", "--preset", "fast"], capsys)
     assert code == 0, err
     chi_dicom, affine_dicom = load_nifti(tmp_path / "from_dicom" / "chi.nii.gz")
     chi_nifti, affine_nifti = load_nifti(tmp_path / "from_nifti" / "chi.nii.gz")
