@@ -194,3 +194,29 @@ def backward_divergence(y, out, inv_h, scratch=None):
         if d > 0:
             out += target
     return out
+
+
+def shrink_dual(work, dual, threshold, radius, scratch=None):
+    """The ADMM shrinkage step of an L1 term, in place, with the scaled dual.
+
+    On entry ``work`` holds ``v = T chi + u`` (T the gradient, shape (3, X, Y, Z),
+    or the identity, shape (X, Y, Z)). On return ``dual`` holds the new dual
+    ``u = v - shrink(v, threshold)``, the projection of ``v`` onto the ball of
+    radius ``threshold`` (isotropic over the first axis for gradients), and
+    ``work`` holds ``z - u = v - 2 u``, what the chi-update needs. ``radius``
+    (and, for gradients, ``scratch``) are float32 3D work arrays.
+    """
+    if work.ndim == 4:
+        np.multiply(work[0], work[0], out=radius)
+        for d in range(1, work.shape[0]):
+            np.multiply(work[d], work[d], out=scratch)
+            radius += scratch
+        np.sqrt(radius, out=radius)
+    else:
+        np.abs(work, out=radius)
+    np.maximum(radius, threshold, out=radius)
+    np.divide(threshold, radius, out=radius)
+    np.multiply(work, radius, out=dual)
+    work -= dual
+    work -= dual
+    return work

@@ -36,7 +36,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..validation import as_volume, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import backward_divergence, forward_differences, gradient_norm_squared
+from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
 from .tv_admm import DEFAULT_TV_LAMBDA, DEFAULT_TV_RHO, DEFAULT_TV_TOL, _relative_change
 
 #: Default phase per unit field, in rad/ppm: 2 pi gamma B0 TE at 3 T and TE = 20 ms
@@ -261,14 +261,5 @@ def _solve(grid, w2, lam, r, rho, mu, max_iter, tol, callback):
         # z-update folded into the dual: u <- proj_{lam/rho}(G chi + u); work <- z - u
         forward_differences(chi, work, inv_h)
         work += dual
-        np.multiply(work[0], work[0], out=radius)
-        for d in (1, 2):
-            np.multiply(work[d], work[d], out=scratch)
-            radius += scratch
-        np.sqrt(radius, out=radius)
-        np.maximum(radius, threshold, out=radius)
-        np.divide(threshold, radius, out=radius)
-        np.multiply(work, radius, out=dual)
-        work -= dual
-        work -= dual
+        shrink_dual(work, dual, threshold, radius, scratch)
     return chi

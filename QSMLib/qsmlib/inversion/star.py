@@ -32,7 +32,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import backward_divergence, forward_differences, gradient_norm_squared
+from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
 from .nltv import _check_callback, _squared_weights
 from .tv_admm import DEFAULT_TV_LAMBDA, DEFAULT_TV_RHO, DEFAULT_TV_TOL, _relative_change
 
@@ -229,19 +229,9 @@ def _sparse_admm(field, w2, kernel, grid, lam, rho, transform, max_iter, tol, re
         if gradient:
             forward_differences(chi, work, inv_h)
             work += dual
-            np.multiply(work[0], work[0], out=radius)
-            for d in (1, 2):
-                np.multiply(work[d], work[d], out=scratch)
-                radius += scratch
-            np.sqrt(radius, out=radius)
         else:
             np.add(chi, dual, out=work)
-            np.abs(work, out=radius)
-        np.maximum(radius, threshold, out=radius)
-        np.divide(threshold, radius, out=radius)
-        np.multiply(work, radius, out=dual)
-        work -= dual
-        work -= dual
+        shrink_dual(work, dual, threshold, radius, scratch)
     if gradient:
         return chi
     # the sparse split variable: exactly zero off the strong sources

@@ -40,7 +40,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..validation import as_mask, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import backward_divergence, forward_differences, gradient_norm_squared
+from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
 
 #: Default TV weight in ppm mm (field in ppm, gradient in ppm/mm). Published
 #: weights for ppm fields at about 1 mm run from 2.5e-4 (QSMxT's use of
@@ -216,16 +216,7 @@ def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior, trusted):
         # v = G chi + u; u <- projection of v on the lam/rho ball; work <- z - u = v - 2u
         forward_differences(chi, work, inv_h)
         work += dual
-        np.multiply(work[0], work[0], out=radius)
-        for d in (1, 2):
-            np.multiply(work[d], work[d], out=scratch)
-            radius += scratch
-        np.sqrt(radius, out=radius)
-        np.maximum(radius, threshold, out=radius)
-        np.divide(threshold, radius, out=radius)
-        np.multiply(work, radius, out=dual)
-        work -= dual
-        work -= dual
+        shrink_dual(work, dual, threshold, radius, scratch)
     return chi
 
 
