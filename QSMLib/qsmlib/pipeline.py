@@ -231,7 +231,9 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     ----------
     magnitude, phase : ndarray (X, Y, Z, E), optional
         Multi-echo magnitude and phase (radians). Phase may be wrapped, or
-        already unwrapped with ``phase_unwrapped=True``.
+        already unwrapped with ``phase_unwrapped=True``. With a field map, the
+        magnitude (and ``te_s``) may still be given: it then serves the mask,
+        MEDI's edges, the CSF reference and the phase-sign check.
     te_s : sequence of float
         Echo times in seconds (with magnitude and phase).
     total_field_hz, local_field_hz : ndarray (X, Y, Z), optional
@@ -280,6 +282,12 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         start_field = local_field_hz if local_field_hz is not None else total_field_hz
         start_field = as_volume(start_field, "local field" if local_field_hz is not None else "total field")
         shape = start_field.shape
+        if magnitude is not None:  # optional here: the mask, MEDI's edges, R2* for CSF and the sign check
+            magnitude = as_volume(magnitude, "magnitude", ndim=4)
+            if magnitude.shape[:3] != shape:
+                raise QSMInputError(f"magnitude has shape {magnitude.shape[:3]} but the field map has shape {shape}; "
+                                    "they must have the same voxels")
+            te_s = check_echo_times(te_s, n_echoes=magnitude.shape[3])
         if mask is None and magnitude is None:
             raise QSMInputError("a brain mask is required when starting from a field map; give --mask")
 
