@@ -352,3 +352,16 @@ def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(
     volumes = [magnitude.GetNthDataNode(e) for e in range(5)]  # plain volumes carry no echo times
     parameters.magnitudeSeries, parameters.magnitudeEchoes = None, volumes
     assert "echo times" in logic.missingInputs(parameters)
+
+
+def test_csf_reference_from_the_module_shifts_the_map_by_the_ventricle_mean(axial_run):
+    scene, magnitude, phase, truth, outputs = axial_run
+    csf = QSMReconstructionLogic().process(magnitude, phase, b0_t=truth.b0_t, reference="csf")
+    record = csf.provenance["stages"][-1]
+    assert record["method"] == "csf" and record["csf_volume_ml"] > 5
+    brain = nodes.array_from_volume(outputs.susceptibility)
+    by_csf = nodes.array_from_volume(csf.susceptibility)
+    inside = nodes.array_from_volume(outputs.mask) > 0
+    shift = (brain - by_csf)[inside]
+    assert np.ptp(shift) < 1e-5
+    assert shift[0] == pytest.approx(record["offset_ppm"] - outputs.provenance["stages"][-1]["offset_ppm"], abs=1e-5)

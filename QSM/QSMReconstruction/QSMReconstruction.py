@@ -29,7 +29,7 @@ from qsmslicer import dependencies, display, echo_times, nodes
 from qsmslicer.progress import run_with_progress_dialog
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
-REFERENCES = ("brain", "none", "region")
+REFERENCES = ("brain", "csf", "none", "region")
 PROVENANCE_ATTRIBUTE = "QSM.Provenance"
 
 
@@ -144,7 +144,7 @@ class QSMReconstructionParameterNode:
     unwrap: Annotated[str, Choice(list(UNWRAP_METHODS))] = PRESETS["consensus"]["unwrap"]
     bgremove: Annotated[str, Choice(list(BGREMOVE_METHODS))] = PRESETS["consensus"]["bgremove"]
     inversion: Annotated[str, Choice(list(INVERSION_METHODS))] = PRESETS["consensus"]["inversion"]
-    reference: Annotated[str, Choice(["brain", "none"])] = "brain"
+    reference: Annotated[str, Choice(["brain", "csf", "none"])] = "brain"
     flipPhaseSign: bool = False
     options: str = ""
     outputSusceptibility: Optional[vtkMRMLScalarVolumeNode]
@@ -347,7 +347,8 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             Methods for the stages not given explicitly.
         unwrap, bgremove, inversion : str, optional
             Method per stage (see qsmlib.pipeline).
-        reference : {"brain", "none", "region"}
+        reference : {"brain", "csf", "none", "region"}
+            ``"csf"``: the lateral ventricles found from R2* and magnitude.
         reference_region : labelmap or segmentation node, optional
             For ``reference="region"``.
         options : dict, optional
