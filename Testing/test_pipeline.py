@@ -38,11 +38,16 @@ def _reconstruct(sim, **kwargs):
     return reconstruct(**args)
 
 
-def test_bids_run_recovers_deep_grey_matter_at_1mm(tmp_path, capsys):
-    """qsm simulate then qsm run --bids: DGM means within 0.03 ppm of the truth."""
+#: A texture and noise seed that no default was tuned on (the issue's held-out head).
+HELD_OUT_SEED = "2026"
+
+
+def test_bids_run_meets_the_consensus_targets_at_1mm(tmp_path, capsys):
+    """qsm simulate (held-out seed) then qsm run --bids with the consensus preset: every deep grey
+    matter mean within 0.02 ppm of the truth, NRMSE at least 10 points below TKD's on the same local field."""
     bids = tmp_path / "bids"
-    assert main(["simulate", "--out", str(bids)]) == 0
-    assert main(["run", "--bids", str(bids), "--out", str(tmp_path / "out")]) == 0
+    assert main(["simulate", "--out", str(bids), "--seed", HELD_OUT_SEED]) == 0
+    assert main(["run", "--bids", str(bids), "--out", str(tmp_path / "out"), "--preset", "consensus"]) == 0
     chi = _load(tmp_path / "out" / "chi.nii.gz")
     mask = _load(tmp_path / "out" / "mask.nii.gz") > 0
     truth_dir = bids / "derivatives" / "truth" / "sub-01" / "anat"
@@ -53,9 +58,12 @@ def test_bids_run_recovers_deep_grey_matter_at_1mm(tmp_path, capsys):
     assert scored.sum() > 0.95 * brain.sum()
     metrics = accuracy_metrics(chi, chi_true, scored, labels, load_head_phantom(1.0).tissues)
     assert set(metrics["dgm_error_ppm"]) == set(DGM_STRUCTURES)
-    assert metrics["dgm_max_abs_error_ppm"] < DGM_TOLERANCE_PPM, metrics["dgm_error_ppm"]
-    # measured 56 % with the defaults; the bound catches a regression
-    assert metrics["nrmse_percent"] < 65
+    assert metrics["dgm_max_abs_error_ppm"] < 0.02, metrics["dgm_error_ppm"]  # measured 0.012 ppm
+    assert main(["invert", "--local-field", str(tmp_path / "out" / "local_field.nii.gz"), "--unit", "hz",
+                 "--b0", "3", "--mask", str(tmp_path / "out" / "mask.nii.gz"), "--method", "tkd",
+                 "--out", str(tmp_path / "tkd.nii.gz")]) == 0
+    tkd_nrmse = nrmse(_load(tmp_path / "tkd.nii.gz"), chi_true, scored)
+    assert metrics["nrmse_percent"] <= tkd_nrmse - 10, (metrics["nrmse_percent"], tkd_nrmse)  # 41 % against 59 %
     provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert provenance["inputs"]["echo_times_s"] == [0.004, 0.010, 0.016, 0.022, 0.028]
     assert provenance["detected"]["b0_dir"] == [0.0, 0.0, 1.0]
