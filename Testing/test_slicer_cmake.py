@@ -32,6 +32,18 @@ def test_every_module_is_added_and_the_extension_adds_qsm():
     assert set(MODULES) | {"QSMCommon"} <= added
 
 
+def test_icon_and_screenshot_urls_point_to_images_in_the_repository():
+    top = (REPO / "CMakeLists.txt").read_text()
+    urls = []
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        value = re.search(key + r'\s+"([^"]+)"', top).group(1)
+        urls += value.split()
+    assert len(urls) >= 2
+    for url in urls:
+        path = REPO / url.split("/main/", 1)[1]
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+
+
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in QSM_DIR.glob("*/CMakeLists.txt")))
 def test_cmake_lists_every_file_of_the_module(folder):
     directory = QSM_DIR / folder
