@@ -360,7 +360,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
     if trusted is not None and params.get("data_mask", False) is None:
         params["data_mask"] = trusted
-    # What the nonlinear and weighted inversions take from the acquisition, unless given as options
+    # What the weighted and nonlinear inversions take from the acquisition (never user options)
     accepted = inspect.signature(func).parameters
     data = {}
     if "weights" in accepted:
