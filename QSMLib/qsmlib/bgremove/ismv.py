@@ -5,7 +5,7 @@ import numpy as np
 from ..masking import bounding_box, erode_mask, sphere_padded_shape, uncrop
 from ..validation import as_mask, as_volume, as_voxel_size, check_count, check_number
 from . import smv
-from ._cg import conjugate_gradient
+from ..solvers import conjugate_gradient
 
 #: Default SMV radius in mm. The boundary shell (the mask minus its erosion by
 #: the sphere) carries the boundary values, where the local field is taken as

@@ -8,7 +8,7 @@ from scipy.sparse.linalg import splu
 from ..errors import QSMInputError
 from ..masking import bounding_box
 from ..validation import as_mask, as_volume, as_voxel_size, check_count, check_number
-from ._cg import conjugate_gradient
+from ..solvers import conjugate_gradient
 
 #: Default stopping tolerance: the residual of the Laplace equation relative to
 #: its value for a zero local field. On the simulated 1 mm head 1e-3 puts the

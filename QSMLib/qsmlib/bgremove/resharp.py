@@ -6,7 +6,7 @@ from .. import fourier
 from ..masking import bounding_box, dilate_mask, erode_mask, sphere_padded_shape, uncrop
 from ..validation import as_mask, as_volume, as_voxel_size, check_count, check_number
 from . import smv
-from ._cg import conjugate_gradient
+from ..solvers import conjugate_gradient
 
 #: Default SMV radius in mm (RESHARP implementations use 3 to 5 mm); the same
 #: as iSMV's, so that both keep the same eroded mask (82 % of the simulated

@@ -52,6 +52,7 @@ import numpy as np
 from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
+from ..solvers import conjugate_gradient
 from ..validation import as_mask, as_volume, as_voxel_size, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import backward_divergence, forward_differences, gradient_norm_squared
@@ -350,8 +351,8 @@ class _Problem:
         typical = float(np.median(diffusivity[self.inside & (self.penalised > 0)])) \
             if np.any(self.penalised[self.inside] > 0) else 0.0
         precondition = self._preconditioner(typical)
-        return _pcg(lambda x: self.normal(x, diffusivity), gradient, precondition,
-                    cg_max_iter, cg_tol)
+        return conjugate_gradient(lambda x: self.normal(x, diffusivity), np.zeros_like(gradient), gradient,
+                                  max_iter=cg_max_iter, tol=cg_tol, precondition=precondition)
 
     def _preconditioner(self, typical_diffusivity):
         # circulant model of the normal matrix: unit weights, the median diffusivity;
@@ -365,31 +366,3 @@ class _Problem:
             spectrum *= inverse
             return fourier.irfft(spectrum, self.shape).astype(np.float32, copy=False)
         return apply
-
-
-def _pcg(operator, rhs, precondition, max_iter, tol):
-    """Preconditioned conjugate gradients for ``operator(x) = rhs`` from ``x = 0`` (float32 vectors)."""
-    x = np.zeros_like(rhs)
-    residual = rhs.copy()
-    rhs_norm = float(np.linalg.norm(rhs))
-    if rhs_norm == 0:
-        return x
-    z = precondition(residual)
-    direction = z.copy()
-    rz = float(np.vdot(residual, z))
-    for _ in range(max_iter):
-        a_dir = operator(direction)
-        curvature = float(np.vdot(direction, a_dir))
-        if curvature <= 0:
-            break
-        alpha = np.float32(rz / curvature)
-        x += alpha * direction
-        residual -= alpha * a_dir
-        if float(np.linalg.norm(residual)) < tol * rhs_norm:
-            break
-        z = precondition(residual)
-        rz_new = float(np.vdot(residual, z))
-        direction *= np.float32(rz_new / rz)
-        direction += z
-        rz = rz_new
-    return x

@@ -1,4 +1,4 @@
-"""Conjugate gradients shared by LBV, RESHARP and iSMV (symmetric positive definite systems)."""
+"""Conjugate gradients for symmetric positive definite systems: LBV, RESHARP, iSMV and MEDI use this one."""
 
 import numpy as np
 
