@@ -10,7 +10,7 @@ every array small: on a 1 mm head the brain's box is about half the image.
 import numpy as np
 
 from ..errors import QSMInputError
-from ..fourier import pad, padded_shape
+from ..fourier import irfft, pad, padded_shape, rfft
 from ..masking import bounding_box
 from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
 
@@ -60,6 +60,12 @@ class WorkGrid:
         out = np.zeros(self.shape, dtype=bool)
         out[tuple(slice(0, n) for n in self.box_shape)] = image_mask[self.box] & self.mask[self.box]
         return out
+
+    def filtered_image(self, kspace_filter):
+        """The field multiplied by ``kspace_filter`` (rfft grid) in k-space, as a full image (see :meth:`to_image`)."""
+        spectrum = rfft(self.field)
+        spectrum *= kspace_filter
+        return self.to_image(irfft(spectrum, self.shape))
 
     def to_image(self, work):
         """Crop a padded-grid map back to the full image, float32, zero outside the mask."""

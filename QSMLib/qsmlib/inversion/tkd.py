@@ -14,7 +14,6 @@ reads 0.004-0.026 ppm low. The map is not rescaled to hide this.
 
 import numpy as np
 
-from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
@@ -78,11 +77,7 @@ def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
                                           pad_voxels=pad_voxels).value
     threshold = check_number(threshold, "threshold", strict=True, maximum=2.0 / 3.0)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
-    inverse = _truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold)
-    spectrum = fourier.rfft(grid.field)
-    spectrum *= inverse
-    chi = fourier.irfft(spectrum, grid.shape)
-    return grid.to_image(chi)
+    return grid.filtered_image(_truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold))
 
 
 def _truncated_inverse(shape, voxel_size, b0_dir, threshold):

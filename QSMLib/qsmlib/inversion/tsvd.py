@@ -16,7 +16,6 @@ structures (their cone content is lost, not damped).
 
 import numpy as np
 
-from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
@@ -83,10 +82,7 @@ def tsvd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=DEFAULT_TSV
                                           pad_voxels=pad_voxels).value
     threshold = check_number(threshold, "threshold", strict=True, maximum=2.0 / 3.0)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
-    spectrum = fourier.rfft(grid.field)
-    spectrum *= truncated_svd_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold)
-    chi = fourier.irfft(spectrum, grid.shape)
-    return grid.to_image(chi)
+    return grid.filtered_image(truncated_svd_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold))
 
 
 def truncated_svd_inverse(shape, voxel_size, b0_dir, threshold):
