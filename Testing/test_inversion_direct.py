@@ -236,3 +236,29 @@ def test_lcurve_threshold_choice_is_in_range(phantom, method):
         choose_regularisation("tv_admm", noisy, mask, 1)
     with pytest.raises(QSMInputError, match="threshold"):
         choose_regularisation(method, noisy, mask, 1, values=[0.1, 0.2, 0.9])
+
+
+@pytest.mark.parametrize("sigma", [0.002, 0.01])
+def test_discrepancy_choice_follows_the_noise_and_stays_near_the_optimum(phantom, sigma):
+    mask, truth = phantom["mask"], phantom["chi"]
+    rng = np.random.default_rng(0)
+    noisy = np.where(mask, phantom["field"] + rng.normal(0, sigma, mask.shape), 0).astype(np.float32)
+    choice = choose_regularisation("tikhonov", noisy, mask, 1, rule="discrepancy", noise_sd_ppm=sigma)
+    values = choice.values
+    errors = [_rmse(tikhonov(noisy, mask, 1, lam=v), truth, mask) for v in values]
+    chosen_error = errors[values.index(choice.value)]
+    # measured: within 12 % of the best RMSE at 0.002 ppm and at 0.01 ppm (the L-curve corner: 85 % and 114 % worse)
+    assert chosen_error <= 1.2 * min(errors), (choice.value, values[int(np.argmin(errors))])
+    # the chosen map's misfit inside the mask is under the noise norm, the next candidate's is not
+    index = values.index(choice.value)
+    assert choice.residual_norms[index] <= choice.target_residual == pytest.approx(sigma * np.sqrt(mask.sum()))
+    assert index == len(values) - 1 or choice.residual_norms[index + 1] > choice.target_residual
+    assert choice.as_record()["rule"] == "discrepancy"
+    # a noise map gives the same choice as the number it holds
+    same = choose_regularisation("tikhonov", noisy, mask, 1, rule="discrepancy",
+                                 noise_sd_ppm=np.full(mask.shape, sigma))
+    assert same.value == choice.value
+    with pytest.raises(QSMInputError, match="noise SD"):
+        choose_regularisation("tkd", noisy, mask, 1, rule="discrepancy")
+    with pytest.raises(QSMInputError, match="rule"):
+        choose_regularisation("tkd", noisy, mask, 1, rule="gcv")

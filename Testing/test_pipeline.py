@@ -346,3 +346,19 @@ def test_local_field_entry_takes_the_magnitude_for_medi_edges_and_csf(head_2mm):
                                                                                 sim.brain_mask)
     with pytest.raises(pipeline.QSMInputError, match="same voxels"):
         reconstruct(magnitude=sim.magnitude[:-1], te_s=sim.te_s, **args)
+
+
+def test_discrepancy_rule_uses_the_echo_fit_noise(head_2mm):
+    _phantom, sim = head_2mm
+    config = pipeline.PipelineConfig.from_preset("fast", inversion="tkd",
+                                                 options={"tkd": {"threshold": "discrepancy"}})
+    result = _reconstruct(sim, config=config)
+    record = next(s for s in result.provenance["stages"] if s["stage"] == "dipole inversion")
+    choice = record["auto_regularisation"]
+    assert choice["rule"] == "discrepancy" and record["parameters"]["threshold"] == choice["value"]
+    total = next(s for s in result.provenance["stages"] if s["stage"] == "total field")
+    assert total["noise_sd"] > 0 and choice["target_residual"] > 0
+    # without the echo fit there is no noise estimate: a clear refusal
+    with pytest.raises(pipeline.QSMInputError, match="noise SD"):
+        reconstruct(local_field_hz=result.local_field_hz, mask=result.mask, b0_t=sim.b0_t,
+                    voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)

@@ -303,6 +303,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     brain = mask.copy()
     trusted = None  # voxels whose field is trusted, when the echo fit tells
     noise_weights = None  # inverse field noise SD, median 1, when the echo fit tells
+    noise_sd_ppm = None  # the field's noise SD (ppm), typical value where untrusted, when the echo fit tells
 
     if local_field_hz is None and total_field_hz is None:
         if phase_unwrapped:
@@ -332,8 +333,10 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         total_field_hz = fit.field_hz
         # noise weighting from the fit (Liu et al. 2011), untrusted voxels left out
         noise_weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
-        noise_weights = np.where(mask if trusted is None else trusted, noise_weights / np.median(noise_weights[mask]),
-                                 0).astype(np.float32)
+        usable = mask if trusted is None else trusted
+        noise_weights = np.where(usable, noise_weights / np.median(noise_weights[mask]), 0).astype(np.float32)
+        noise_sd_ppm = hz_to_ppm(fit.field_sd_hz, b0_t)
+        noise_sd_ppm = np.where(usable, noise_sd_ppm, np.median(noise_sd_ppm[usable])).astype(np.float32)
     elif total_field_hz is not None:
         total_field_hz = as_volume(total_field_hz, "total field")
 
@@ -379,9 +382,10 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     with recorder.stage("dipole inversion", config.inversion, params) as (callback, record):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
         auto_key = AUTO_PARAMETERS.get(config.inversion)
-        if auto_key and isinstance(params.get(auto_key), str) and params[auto_key] == "auto":
+        if auto_key and isinstance(params.get(auto_key), str) and params[auto_key] in ("auto", "discrepancy"):
+            rule = "lcurve" if params[auto_key] == "auto" else "discrepancy"
             choice = choose_regularisation(config.inversion, field_ppm, mask, voxel_size, b0_dir=b0_dir,
-                                           pad_voxels=params["pad_voxels"])
+                                           pad_voxels=params["pad_voxels"], rule=rule, noise_sd_ppm=noise_sd_ppm)
             params = dict(params, **{auto_key: choice.value})
             record["parameters"][auto_key] = choice.value
             record["auto_regularisation"] = choice.as_record()

@@ -61,6 +61,12 @@ class WorkGrid:
         out[tuple(slice(0, n) for n in self.box_shape)] = image_mask[self.box] & self.mask[self.box]
         return out
 
+    def on_grid_values(self, image):
+        """A full-image map's values on the padded grid (its bounding box; 0 in the padding)."""
+        out = np.zeros(self.shape, dtype=np.float64)
+        out[tuple(slice(0, n) for n in self.box_shape)] = np.asarray(image, dtype=np.float64)[self.box]
+        return out
+
     def filtered_image(self, kspace_filter):
         """The field multiplied by ``kspace_filter`` (rfft grid) in k-space, as a full image (see :meth:`to_image`)."""
         spectrum = rfft(self.field)

@@ -9,7 +9,6 @@ division in k-space:
 
 import numpy as np
 
-from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
@@ -72,11 +71,13 @@ def tikhonov(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TIKHO
                                     pad_voxels=pad_voxels).value
     lam = check_number(lam, "lam", strict=True)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
-    kernel = dipole_kernel(grid.shape, grid.voxel_size, grid.b0_dir)
-    e2 = gradient_norm_squared(grid.shape, grid.voxel_size)
+    return grid.filtered_image(tikhonov_filter(grid.shape, grid.voxel_size, grid.b0_dir, lam))
+
+
+def tikhonov_filter(shape, voxel_size, b0_dir, lam):
+    """``D / (D^2 + lam |E|^2)`` on the rfft grid of ``shape`` (float32), 0 at k = 0."""
+    kernel = dipole_kernel(shape, voxel_size, b0_dir)
+    e2 = gradient_norm_squared(shape, voxel_size)
     denominator = kernel * kernel + np.float32(lam) * e2
     denominator[0, 0, 0] = 1.0  # D = E = 0 at k = 0: the mean is left at zero
-    spectrum = fourier.rfft(grid.field)
-    spectrum *= kernel / denominator
-    chi = fourier.irfft(spectrum, grid.shape)
-    return grid.to_image(chi)
+    return (kernel / denominator).astype(np.float32, copy=False)

@@ -77,10 +77,11 @@ def tkd(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), threshold=0.19,
                                           pad_voxels=pad_voxels).value
     threshold = check_number(threshold, "threshold", strict=True, maximum=2.0 / 3.0)
     grid = WorkGrid(field_ppm, mask, voxel_size, b0_dir, pad_voxels)
-    return grid.filtered_image(_truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold))
+    return grid.filtered_image(truncated_inverse(grid.shape, grid.voxel_size, grid.b0_dir, threshold))
 
 
-def _truncated_inverse(shape, voxel_size, b0_dir, threshold):
+def truncated_inverse(shape, voxel_size, b0_dir, threshold):
+    """``1 / D`` where ``|D| > threshold``, ``sign(D) / threshold`` elsewhere, on the rfft grid (float32)."""
     kernel = dipole_kernel(shape, voxel_size, b0_dir)
     small = np.abs(kernel) <= threshold
     with np.errstate(divide="ignore"):
