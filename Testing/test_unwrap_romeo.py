@@ -1,5 +1,7 @@
 """ROMEO-style unwrapping: round trips, noise isolation, simulated head and real multi-echo phase."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -276,3 +278,34 @@ def test_bad_input_is_refused():
         unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], prediction="quadratic")
     with pytest.raises(QSMInputError, match="magnitude"):
         unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], magnitude=np.ones((8, 8, 8, 2)))
+
+
+def test_unwrap_command_writes_echoes_linear_in_time_on_the_real_scan(shared_data, tmp_path, capsys):
+    import nibabel as nib
+
+    from qsmlib.cli import main
+    from qsmlib.io import load_multi_echo
+
+    folder = shared_data / "romeo-small"
+    te = [0.004, 0.008, 0.012]
+    args = ["unwrap", "--mag", str(folder / "Mag.nii.gz"), "--phase", str(folder / "Phase.nii.gz"),
+            "--te", *map(str, te), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    unwrapped = np.asarray(nib.load(str(tmp_path / "out" / "phase_unwrapped.nii.gz")).dataobj)
+    data = load_multi_echo([folder / "Mag.nii.gz"], [folder / "Phase.nii.gz"], te, 3.0)
+    inside = np.any(unwrapped != 0, axis=3)
+    assert unwrapped.shape == data.phase.shape and inside.sum() > 0.5 * inside.size
+    # whole turns away from the measured phase at every voxel and echo
+    turns = (unwrapped[inside] - data.phase[inside]) / (2 * np.pi)
+    assert np.max(np.abs(turns - np.round(turns))) < 1e-3
+    # and a straight line in TE where the signal is strong (no turn left between echoes)
+    strong = inside & (data.magnitude[..., 0] > np.percentile(data.magnitude[..., 0][inside], 50))
+    y = unwrapped[strong].astype(np.float64)
+    design = np.stack([np.ones(3), np.asarray(te)], axis=1)
+    residual = y - (design @ np.linalg.lstsq(design, y.T, rcond=None)[0]).T
+    assert np.percentile(np.abs(residual), 99) < 0.5
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["unwrap"]["spatial"] == "romeo" and provenance["units"]["phase_unwrapped"] == "rad"
+    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    assert main(args[:-2] + ["--out", str(tmp_path / "o2"), "--reference-echo", "0"]) == 2
+    assert "counted from 1" in capsys.readouterr().err

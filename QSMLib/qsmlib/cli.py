@@ -192,6 +192,12 @@ def _get_parser():
 
     _add_swi_parser(sub)
     _add_r2star_parser(sub)
+    unw = sub.add_parser("unwrap", help="unwrap every echo of the phase (ROMEO-style in space, then in time)",
+                         description="Writes DIR/phase_unwrapped.nii.gz (radians, one volume per echo, 0 outside "
+                                     "the mask) and DIR/provenance.json.")
+    _add_multi_echo_source(unw, phase=True)
+    unw.add_argument("--reference-echo", type=int, default=1, metavar="N",
+                     help="echo unwrapped in space, counted from 1 (default 1); the others follow in time")
     _add_batch_parser(sub)
     _add_dicom_parsers(sub)
 
@@ -239,7 +245,7 @@ def _add_multi_echo_source(p, *, phase):
                      help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
     if phase:
         src.add_argument("--b0", type=_positive_float, metavar="T",
-                         help="field strength in tesla (recorded only; SWI does not need it)")
+                         help="field strength in tesla (recorded only; not needed here)")
     src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
     src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
     src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
@@ -410,6 +416,15 @@ def _dispatch(args, progress):
                          highpass=args.highpass, phase_convention=args.phase_convention,
                          options=_swi_options(args), force=args.force, progress=progress)
         print(f"qsm: wrote {args.out}/swi.nii.gz, mip.nii.gz and provenance.json", file=sys.stderr)
+    elif args.command == "unwrap":
+        if _source_count(args) != 1:
+            raise QSMInputError("give exactly one input: --mag/--phase (with --te) or --bids")
+        if args.reference_echo < 1:
+            raise QSMInputError(f"--reference-echo {args.reference_echo}: echoes are counted from 1")
+        workflow.run_unwrap(args.out, magnitude_files=args.mag, phase_files=args.phase, te_s=args.te, b0_t=args.b0,
+                            bids_dir=args.bids, subject=args.subject, session=args.session, mask_file=args.mask,
+                            reference_echo=args.reference_echo - 1, force=args.force, progress=progress)
+        print(f"qsm: wrote {args.out}/phase_unwrapped.nii.gz (rad) and provenance.json", file=sys.stderr)
     elif args.command == "r2star":
         if _source_count(args) != 1:
             raise QSMInputError("give exactly one input: --mag (with --te) or --bids")

@@ -495,6 +495,45 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
     return result
 
 
+UNWRAP_OUTPUTS = ("phase_unwrapped.nii.gz", "provenance.json")
+
+
+def run_unwrap(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
+               subject=None, session=None, mask_file=None, reference_echo=0, force=False, progress=None):
+    """Unwrap every echo (ROMEO-style in space, then in time); writes :data:`UNWRAP_OUTPUTS`.
+
+    The reference echo is unwrapped in space with :func:`qsmlib.unwrap.unwrap_romeo`
+    (magnitude-weighted), the others in time (:func:`qsmlib.unwrap.unwrap_echoes_temporal`).
+    The result is in radians, 0 outside the mask, and differs from the
+    input by whole turns at every voxel.
+    """
+    from .unwrap import unwrap_echoes_temporal
+
+    with OutputDirectory(out_dir, UNWRAP_OUTPUTS, force=force) as stage:
+        start = time.perf_counter()
+        data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
+                                     b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
+                                     bids_dir=bids_dir, subject=subject, session=session)
+        voxel_size = voxel_size_from_affine(data.affine)
+        mask, mask_source = _brain_mask_for(data.magnitude, voxel_size, mask_file, data.affine, progress)
+        with StageRecorder(progress).stage("unwrapping"):
+            unwrapped = unwrap_echoes_temporal(data.phase, data.te_s, mask, voxel_size, magnitude=data.magnitude,
+                                               reference_echo=reference_echo)
+        save_nifti(stage.path("phase_unwrapped.nii.gz"), unwrapped, data.affine,
+                   description="unwrapped phase (rad)")
+        inputs = dict(data.sources, echo_times_s=data.te_s.tolist())
+        if bids:
+            inputs.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
+        _write_json(stage.path("provenance.json"), {
+            "software": software_info(), "command": _command(), "inputs": inputs,
+            "detected": {"voxel_size_mm": list(voxel_size), "phase_scaling": data.phase_scaling},
+            "mask": {"source": mask_source, "voxels": int(mask.sum())},
+            "unwrap": {"spatial": "romeo", "temporal": "line through the echoes already unwrapped",
+                       "reference_echo": int(reference_echo)},
+            "units": {"phase_unwrapped": "rad"}, "total_time_s": round(time.perf_counter() - start, 3)})
+    return unwrapped
+
+
 def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subject=None, session=None,
                mask_file=None, method="arlo", noise_sd="auto", floor_snr=None, force=False, progress=None):
     """R2* (1/s), T2* (s) and S0 maps from multi-echo magnitude files; writes :data:`R2STAR_OUTPUTS`.
