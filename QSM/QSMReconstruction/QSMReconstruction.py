@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from qsmlib.errors import Cancelled, QSMInputError
+from qsmlib.errors import QSMInputError
 from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
                              reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes
