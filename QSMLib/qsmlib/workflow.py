@@ -17,6 +17,7 @@ from . import __version__
 from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import QSMInputError
+from .inversion import cosmos
 from .io import (OutputDirectory, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
 from .metrics import hfen, nrmse, region_errors, ssim, xsim
