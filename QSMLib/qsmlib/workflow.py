@@ -25,7 +25,6 @@ from .pipeline import (INVERSION_METHODS, PipelineConfig, StageRecorder, method_
                        software_info)
 from .reference import label_region, reference_whole_brain
 from .report import html_report, overview_image, write_png, write_text
-from .inversion import cosmos
 from .validation import as_b0_dir, check_b0
 
 log = logging.getLogger("qsmlib")
