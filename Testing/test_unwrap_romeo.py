@@ -11,29 +11,9 @@ from qsmlib.io.multiecho import load_multi_echo
 from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_romeo
 from qsmlib.unwrap.romeo import _sum_to_root, edge_weights
+from test_unwrap import ellipsoid, grid, smooth_phase, wrap
 
 TWO_PI = 2 * np.pi
-
-
-def grid(shape):
-    """Centred voxel coordinates, broadcastable."""
-    return np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij", sparse=True)
-
-
-def smooth_phase(shape=(64, 64, 64)):
-    """Ramp plus quadratic, about -25 to +60 rad: many wraps, < 2 rad per voxel."""
-    x, y, z = grid(shape)
-    return (0.9 * x + 0.4 * y - 0.3 * z + 0.012 * (x ** 2 + 0.5 * y ** 2 - z ** 2)
-            + 0.008 * x * y).astype(np.float64)
-
-
-def ellipsoid(shape, axes, centre_offset=(0, 0, 0)):
-    x, y, z = grid(shape)
-    return sum(((c - o) / a) ** 2 for c, o, a in zip((x, y, z), centre_offset, axes)) <= 1
-
-
-def wrap(phase):
-    return np.angle(np.exp(1j * phase))
 
 
 def turn_errors(result, truth, region):
