@@ -345,7 +345,7 @@ def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(
     assert logic.missingInputs(parameters) == "Select the magnitude echoes"
     logic.selectInputs(parameters, magnitude, phase)
     assert parameters.magnitudeSeries is magnitude and parameters.phaseSeries is phase
-    assert logic.parseNumbers(parameters.echoTimesS, "TE") == pytest.approx(list(truth.te_s))
+    assert echo_times.parse_seconds(parameters.echoTimesS) == pytest.approx(list(truth.te_s))
     assert logic.missingInputs(parameters) == ""
     parameters.echoTimesS = ""  # echo times left empty: still read from the sequence's index
     assert logic.missingInputs(parameters) == ""
@@ -365,3 +365,13 @@ def test_csf_reference_from_the_module_shifts_the_map_by_the_ventricle_mean(axia
     shift = (brain - by_csf)[inside]
     assert np.ptp(shift) < 1e-5
     assert shift[0] == pytest.approx(record["offset_ppm"] - outputs.provenance["stages"][-1]["offset_ppm"], abs=1e-5)
+
+
+def test_echo_time_text_round_trips_and_refuses_non_numbers():
+    te = [0.004, 0.0105, 0.017]
+    assert echo_times.format_seconds(te) == "0.004, 0.0105, 0.017"
+    assert echo_times.parse_seconds(echo_times.format_seconds(te)) == te
+    assert echo_times.parse_seconds("0.004;0.008  0.012") == [0.004, 0.008, 0.012]
+    assert echo_times.parse_seconds("  ") == []
+    with pytest.raises(QSMInputError, match="'4 ms, 8 ms' is not a list of numbers"):
+        echo_times.parse_seconds("4 ms, 8 ms")

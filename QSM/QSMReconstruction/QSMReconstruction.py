@@ -239,19 +239,12 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _inputs(parameterNode):
-        magnitude = parameterNode.magnitudeSeries or list(parameterNode.magnitudeEchoes)
-        phase = parameterNode.phaseSeries or list(parameterNode.phaseEchoes)
-        return magnitude, phase
-
     def missingInputs(self, parameterNode):
         """Why Apply cannot run yet ("" when it can)."""
-        magnitude, phase = self._inputs(parameterNode)
-        if not magnitude:
-            return _("Select the magnitude echoes")
-        if not phase:
-            return _("Select the phase echoes")
+        reason = echo_times.missing_echo_series(parameterNode)
+        if reason:
+            return reason
+        magnitude, _phase = echo_times.selected_echo_series(parameterNode)
         if not parameterNode.echoTimesS.strip() and self.echoTimes(magnitude) is None:
             return _("Type the echo times in seconds, or read them from DICOM")
         return ""
@@ -269,22 +262,14 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
 
     def fillAcquisitionFromDicom(self, parameterNode, dicom_lookup=None):
         """Put the DICOM echo times and field strength of the magnitude series into the parameter node."""
-        magnitude, _phase = self._inputs(parameterNode)
+        magnitude, _phase = echo_times.selected_echo_series(parameterNode)
         te = self.echoTimes(magnitude, dicom_lookup)
         if te is None:
             raise QSMInputError("the selected volumes carry no DICOM echo times; type them in seconds")
-        parameterNode.echoTimesS = ", ".join(f"{t:g}" for t in te)
+        parameterNode.echoTimesS = echo_times.format_seconds(te)
         b0 = echo_times.field_strength_t(nodes.echo_volume_nodes(magnitude), dicom_lookup)
         if b0:
             parameterNode.fieldStrengthT = b0
-
-    @staticmethod
-    def parseNumbers(text, what):
-        """Numbers typed as "0.004, 0.008 0.012"."""
-        try:
-            return [float(v) for v in re.split(r"[,;\s]+", text.strip()) if v]
-        except ValueError:
-            raise QSMInputError(f"{what}: '{text}' is not a list of numbers") from None
 
     @staticmethod
     def parseOptions(text):
@@ -304,11 +289,11 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
 
     def processParameterNode(self, parameterNode, progress=None):
         """Run :meth:`process` on the parameter node's inputs and store the outputs in it."""
-        magnitude, phase = self._inputs(parameterNode)
+        magnitude, phase = echo_times.selected_echo_series(parameterNode)
         if not parameterNode.echoTimesS.strip():
             self.fillAcquisitionFromDicom(parameterNode)
         outputs = self.process(
-            magnitude, phase, te_s=self.parseNumbers(parameterNode.echoTimesS, "echo times (s)"),
+            magnitude, phase, te_s=echo_times.parse_seconds(parameterNode.echoTimesS),
             b0_t=parameterNode.fieldStrengthT, mask=parameterNode.mask, unwrap=parameterNode.unwrap,
             bgremove=parameterNode.bgremove, inversion=parameterNode.inversion,
             reference=parameterNode.reference, options=self.parseOptions(parameterNode.options),

@@ -130,30 +130,19 @@ class SWILogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return SWIParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def _inputs(parameterNode):
-        return (parameterNode.magnitudeSeries or list(parameterNode.magnitudeEchoes),
-                parameterNode.phaseSeries or list(parameterNode.phaseEchoes))
-
     def missingInputs(self, parameterNode):
-        magnitude, phase = self._inputs(parameterNode)
-        if not magnitude:
-            return _("Select the magnitude echoes")
-        if not phase:
-            return _("Select the phase echoes")
-        return ""
+        return echo_times.missing_echo_series(parameterNode)
 
     def fillEchoTimesFromDicom(self, parameterNode, dicom_lookup=None):
-        magnitude, _phase = self._inputs(parameterNode)
+        magnitude, _phase = echo_times.selected_echo_series(parameterNode)
         te = echo_times.echo_times_s(magnitude, nodes.echo_volume_nodes(magnitude), dicom_lookup)
         if te is None:
             raise QSMInputError("the selected volumes carry no DICOM echo times; type them in seconds")
-        parameterNode.echoTimesS = ", ".join(f"{t:g}" for t in te)
+        parameterNode.echoTimesS = echo_times.format_seconds(te)
 
     def processParameterNode(self, parameterNode):
-        magnitude, phase = self._inputs(parameterNode)
-        text = parameterNode.echoTimesS.strip()
-        te = [float(v) for v in text.replace(",", " ").split()] if text else None
+        magnitude, phase = echo_times.selected_echo_series(parameterNode)
+        te = echo_times.parse_seconds(parameterNode.echoTimesS) or None
         outputs = self.process(magnitude, phase, te_s=te, mask=parameterNode.mask, kind=parameterNode.maskType,
                                power=parameterNode.power, filter_size=parameterNode.filterSize,
                                slab_mm=parameterNode.slabMm, phase_sign=-1 if parameterNode.flipPhaseSign else 1,

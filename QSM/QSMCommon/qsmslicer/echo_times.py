@@ -18,7 +18,12 @@ without a unit are returned as found, so that qsmlib's check refuses
 millisecond-looking values with a clear message rather than guessing.
 """
 
+import re
+
 import slicer
+from slicer.i18n import tr
+
+from qsmlib.errors import QSMInputError
 
 ECHO_TIME_TAG = "0018,0081"
 FIELD_STRENGTH_TAG = "0018,0087"
@@ -91,3 +96,37 @@ def field_strength_t(volume_nodes, dicom_lookup=None):
         return None
     uid = _first_uid(volume_nodes[0])
     return _float(lookup(uid, FIELD_STRENGTH_TAG)) if uid else None
+
+
+# -- the echo inputs of a module's parameter node (QSM Reconstruction and SWI share them) ---------
+
+def selected_echo_series(parameter_node):
+    """Magnitude and phase as the user chose them: a sequence or multi-volume each, else the checked lists.
+
+    The parameter node has ``magnitudeSeries``, ``phaseSeries``, ``magnitudeEchoes`` and ``phaseEchoes``.
+    """
+    return (parameter_node.magnitudeSeries or list(parameter_node.magnitudeEchoes),
+            parameter_node.phaseSeries or list(parameter_node.phaseEchoes))
+
+
+def missing_echo_series(parameter_node):
+    """Why the echo inputs are incomplete ("" when both magnitude and phase are chosen)."""
+    magnitude, phase = selected_echo_series(parameter_node)
+    if not magnitude:
+        return tr("Select the magnitude echoes")
+    if not phase:
+        return tr("Select the phase echoes")
+    return ""
+
+
+def parse_seconds(text, what="echo times (s)"):
+    """Numbers typed as "0.004, 0.008 0.012" (commas, semicolons or spaces); [] for empty text."""
+    try:
+        return [float(v) for v in re.split(r"[,;\s]+", (text or "").strip()) if v]
+    except ValueError:
+        raise QSMInputError(f"{what}: '{text}' is not a list of numbers") from None
+
+
+def format_seconds(values):
+    """Echo times for the parameter node's text field (the inverse of :func:`parse_seconds`)."""
+    return ", ".join(f"{t:g}" for t in values)
