@@ -75,3 +75,32 @@ def test_parameter_node_connection_follows_enter_exit_and_scene_close():
     widget.cleanup()  # the module is destroyed: no observer left on the scene
     scene.Clear(0)
     assert wrapper.connected == [] and widget._parameterNode is None
+
+
+class _CheckableList:
+    """Stands in for a qMRMLCheckableNodeComboBox: the nodes the user ticked, and who listens."""
+
+    def __init__(self, nodes):
+        self.nodes, self.listeners = nodes, []
+
+    def checkedNodes(self):
+        return self.nodes
+
+    def connect(self, signal, slot):
+        self.listeners.append((signal, slot))
+
+
+def test_echo_lists_copy_the_checked_volumes_into_the_parameter_node():
+    scene = slicer_support.SceneLogics().scene
+    volumes = [scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"echo{n}") for n in range(4)]
+    widget = _Widget(None)
+    widget.ui = SimpleNamespace(magnitudeEchoesSelector=_CheckableList(volumes[:2]),
+                                phaseEchoesSelector=_CheckableList(volumes[2:]))
+    widget.connectEchoLists()
+    assert widget.ui.magnitudeEchoesSelector.listeners == [("checkedNodesChanged()", widget.onEchoListsChanged)]
+    assert widget.ui.phaseEchoesSelector.listeners == [("checkedNodesChanged()", widget.onEchoListsChanged)]
+    widget.onEchoListsChanged()  # no parameter node yet: nothing to copy into, no error
+    widget._parameterNode = SimpleNamespace(magnitudeEchoes=[], phaseEchoes=[])
+    widget.onEchoListsChanged()
+    assert widget._parameterNode.magnitudeEchoes == volumes[:2]
+    assert widget._parameterNode.phaseEchoes == volumes[2:]

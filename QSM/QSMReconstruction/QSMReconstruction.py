@@ -167,24 +167,12 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/QSMReconstruction.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = QSMReconstructionLogic()
-
-        # Checkable lists have no parameter-node connector: copy their checked nodes by hand.
-        self.ui.magnitudeEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
-        self.ui.phaseEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
+        self.loadModuleUi("QSMReconstruction.ui", QSMReconstructionLogic())
+        self.connectEchoLists()
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
         self.ui.readEchoTimesButton.connect("clicked(bool)", self.onReadEchoTimes)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.connectScene(slicer.mrmlScene)
-
-    def onEchoListsChanged(self):
-        if self._parameterNode:
-            self._parameterNode.magnitudeEchoes = list(self.ui.magnitudeEchoesSelector.checkedNodes())
-            self._parameterNode.phaseEchoes = list(self.ui.phaseEchoesSelector.checkedNodes())
 
     def onPresetChanged(self, preset):
         if self._parameterNode and preset in PRESETS:

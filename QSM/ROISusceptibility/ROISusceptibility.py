@@ -107,11 +107,7 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ROISusceptibility.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = ROISusceptibilityLogic()
+        self.loadModuleUi("ROISusceptibility.ui", ROISusceptibilityLogic())
         self.ui.createSegmentsButton.connect("clicked(bool)", self.onCreateSegments)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)

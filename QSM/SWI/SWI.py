@@ -77,21 +77,11 @@ class SWIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SWI.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SWILogic()
-        self.ui.magnitudeEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
-        self.ui.phaseEchoesSelector.connect("checkedNodesChanged()", self.onEchoListsChanged)
+        self.loadModuleUi("SWI.ui", SWILogic())
+        self.connectEchoLists()
         self.ui.readEchoTimesButton.connect("clicked(bool)", self.onReadEchoTimes)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.connectScene(slicer.mrmlScene)
-
-    def onEchoListsChanged(self):
-        if self._parameterNode:
-            self._parameterNode.magnitudeEchoes = list(self.ui.magnitudeEchoesSelector.checkedNodes())
-            self._parameterNode.phaseEchoes = list(self.ui.phaseEchoesSelector.checkedNodes())
 
     def onReadEchoTimes(self):
         with slicer.util.tryWithErrorDisplay(_("Could not read echo times."), waitCursor=True):

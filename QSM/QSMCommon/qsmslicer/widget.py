@@ -8,6 +8,8 @@ node changes. No Qt here: only MRML observers and the parameter node wrapper's
 ``connectGui``/``disconnectGui``.
 """
 
+import slicer
+import slicer.util
 import vtk
 
 
@@ -16,6 +18,24 @@ class ParameterNodeWidgetMixin:
 
     _parameterNode = None
     _parameterNodeGuiTag = None
+
+    def loadModuleUi(self, uiFileName, logic):
+        """The template's opening of ``setup``: the .ui in the panel, its widgets as ``self.ui``, the Logic."""
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{uiFileName}"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = logic
+
+    def connectEchoLists(self):
+        """Checkable echo lists have no parameter-node connector: copy their checked nodes by hand."""
+        for selector in (self.ui.magnitudeEchoesSelector, self.ui.phaseEchoesSelector):
+            selector.connect("checkedNodesChanged()", self.onEchoListsChanged)
+
+    def onEchoListsChanged(self):
+        if self._parameterNode:
+            self._parameterNode.magnitudeEchoes = list(self.ui.magnitudeEchoesSelector.checkedNodes())
+            self._parameterNode.phaseEchoes = list(self.ui.phaseEchoesSelector.checkedNodes())
 
     def connectScene(self, scene):
         """Follow the scene's close events and show the Logic's parameter node in the GUI."""
