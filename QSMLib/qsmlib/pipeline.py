@@ -379,6 +379,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                                 "with two echoes or more; use --inversion medi")
         data["csf_mask"] = csf_reference_mask(magnitude, r2star, mask, voxel_size,
                                               **method_parameters(csf_reference_mask, options.get("csf", {}), "csf"))
+    csf = data.get("csf_mask")  # the referencing stage reuses it
     with recorder.stage("dipole inversion", config.inversion, params) as (callback, record):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
         auto_key = AUTO_PARAMETERS.get(config.inversion)
@@ -402,7 +403,8 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             if r2star is None:
                 raise QSMInputError("reference 'csf' finds the ventricles from R2*, which needs magnitude and "
                                     "phase with two echoes or more; use --reference brain or region")
-            csf = csf_reference_mask(magnitude, r2star, mask, voxel_size, **params)
+            if csf is None:
+                csf = csf_reference_mask(magnitude, r2star, mask, voxel_size, **params)
             record["csf_volume_ml"] = round(float(csf.sum() * np.prod(voxel_size)) / 1000.0, 2)
             chi, offset = reference_to_csf(chi, mask, csf)
         else:
