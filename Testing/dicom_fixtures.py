@@ -20,12 +20,11 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from qsmlib.io import save_nifti
-from qsmlib.io.dicom import LPS_TO_RAS
+from qsmlib.io.dicom import LPS_TO_RAS, write_file
 from qsmlib.simulation import load_head_phantom, simulate_gre
 
 VOXEL_MM = 3.0
@@ -116,7 +115,7 @@ class _Writer:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
         name = f"IM{self.rng.integers(0, 2**40):012x}"
-        pydicom.dcmwrite(self.folder / name, ds, enforce_file_format=True)
+        write_file(self.folder / name, ds)
         self.count += 1
         return ds
 

@@ -60,6 +60,19 @@ def _pydicom():
     return pydicom
 
 
+def write_file(path, ds):
+    """Write ``ds`` as a DICOM Part 10 file (preamble and file meta) with its own transfer syntax.
+
+    pydicom 3 asks for this with ``enforce_file_format=True``; pydicom 2.x (bundled by
+    3D Slicer up to 5.10) only knows the older spelling ``write_like_original=False``.
+    """
+    pydicom = _pydicom()
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+    else:
+        pydicom.dcmwrite(str(path), ds, write_like_original=False)
+
+
 def list_dicom_files(source):
     """Paths of the candidate files of a folder (recursive), a file, or a list of either."""
     if isinstance(source, (str, os.PathLike)):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import QSMInputError
-from .dicom import LPS_TO_RAS, DicomGRE, _pydicom, collect_series
+from .dicom import LPS_TO_RAS, DicomGRE, _pydicom, collect_series, write_file
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 #: Largest rescale step (ppm per stored unit): the round trip stays within half of it.
@@ -87,7 +87,7 @@ def write_qsm_series(path_for, chi_ppm, affine, reference, *, series_description
     dict
         ``names`` (files written), ``series_instance_uid``, ``rescale_slope``.
     """
-    pydicom = _pydicom()
+    _pydicom()  # a clear error when pydicom is missing
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
@@ -178,7 +178,7 @@ def write_qsm_series(path_for, chi_ppm, affine, reference, *, series_description
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
         ds.SpecificCharacterSet = "ISO_IR 100"
-        pydicom.dcmwrite(path_for(file_name), ds, enforce_file_format=True)
+        write_file(path_for(file_name), ds)
     return {"names": names, "series_instance_uid": series_uid, "rescale_slope": step}
 
 
