@@ -379,3 +379,30 @@ def test_invalid_arguments():
         simulate_realistic_gre(model, n_coils=-1)
     with pytest.raises(QSMInputError, match="snr"):
         simulate_realistic_gre(model, snr=0)
+
+
+def test_cli_simulate_realistic(tmp_path, monkeypatch, capsys):
+    import nibabel as nib
+
+    import qsmlib.simulation
+    from qsmlib.cli import main
+
+    # The CLI path with a small stand-in for the 0.64 mm head (the full head takes a minute).
+    model, _ = _sphere_model(50, 0.64, 10.0, inside=_tissue("sphere", chi=0.1, r2star=30.0),
+                             outside=_tissue("tissue", r2star=20.0, m0=0.8))
+    monkeypatch.setattr(qsmlib.simulation, "load_fine_head_model", lambda: model)
+    out = tmp_path / "bids"
+    assert main(["simulate", "--out", str(out), "--realistic", "--voxel-size", "0.5", "0.5", "2", "--te", "0.005",
+                 "0.01", "--snr", "50", "--coils", "4"]) == 0
+    magnitude = nib.load(str(out / "sub-01" / "anat" / "sub-01_echo-1_part-mag_MEGRE.nii.gz"))
+    assert magnitude.shape == (64, 64, 16)
+    np.testing.assert_allclose(magnitude.header.get_zooms()[:3], (0.5, 0.5, 2.0))
+    truth = out / "derivatives" / "truth" / "sub-01" / "anat"
+    kspace = nib.load(str(truth / "sub-01_Chimap.nii.gz")).get_fdata()
+    average = nib.load(str(truth / "sub-01_desc-average_Chimap.nii.gz")).get_fdata()
+    assert kspace.shape == average.shape == (64, 64, 16)
+    assert np.max(average) == pytest.approx(0.1, abs=1e-6)        # whole voxels inside the sphere
+    assert np.max(kspace) > 0.1                                    # truncation rings above it
+    assert main(["simulate", "--out", str(tmp_path / "other"), "--wm-anisotropy"]) != 0
+    assert "apply with --realistic only" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

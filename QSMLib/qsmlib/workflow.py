@@ -286,17 +286,40 @@ def _write_simulation(path_for, sim, subject, tissues):
 
 
 def simulate_dataset(out_dir, *, voxel_size_mm=1.0, b0_t=3.0, te_s=None, snr=100.0, subject="01",
-                     b0_dir=None, seed=0, force=False):
-    """Simulate the head phantom and write it as a BIDS MEGRE dataset with its ground truth."""
-    from .simulation import load_head_phantom, simulate_gre
+                     b0_dir=None, seed=0, force=False, realistic=False, wm_anisotropy=False, n_coils=0):
+    """Simulate the head phantom and write it as a BIDS MEGRE dataset with its ground truth.
 
-    phantom = load_head_phantom(voxel_size_mm)
+    ``realistic`` uses :func:`qsmlib.simulation.simulate_realistic_gre` (0.64 mm
+    model, exact field of cuboid voxels, k-space truncation to ``voxel_size_mm``,
+    texture; ``wm_anisotropy`` and ``n_coils`` apply to it only) and also
+    writes the volume-averaged susceptibility as ``desc-average_Chimap``; the
+    default is the fast :func:`qsmlib.simulation.simulate_gre`.
+    """
+    from .simulation import load_fine_head_model, load_head_phantom, simulate_gre, simulate_realistic_gre
+
     kwargs = {} if te_s is None else {"te_s": te_s}
     names = megre_names(subject, len(te_s) if te_s is not None else 5) + truth_names(subject)
+    if realistic:
+        names.append(_average_chi_name(subject))
+    elif wm_anisotropy or n_coils:
+        raise QSMInputError("wm_anisotropy and n_coils apply to the realistic simulation only")
     with OutputDirectory(out_dir, names, force=force) as stage:
-        sim = simulate_gre(phantom, b0_t=b0_t, snr=snr, b0_dir=b0_dir, seed=seed, **kwargs)
-        _write_simulation(stage.path, sim, subject, phantom.tissues)
+        if realistic:
+            model = load_fine_head_model()
+            sim = simulate_realistic_gre(model, voxel_size_mm=voxel_size_mm, b0_t=b0_t, snr=snr, b0_dir=b0_dir,
+                                         seed=seed, wm_anisotropy=wm_anisotropy, n_coils=n_coils, **kwargs)
+            _write_simulation(stage.path, sim, subject, model.tissues)
+            save_nifti(stage.path(names[-1]), sim.chi_average_ppm, sim.affine,
+                       description="true susceptibility, volume average (ppm)")
+        else:
+            phantom = load_head_phantom(voxel_size_mm)
+            sim = simulate_gre(phantom, b0_t=b0_t, snr=snr, b0_dir=b0_dir, seed=seed, **kwargs)
+            _write_simulation(stage.path, sim, subject, phantom.tissues)
     return sim
+
+
+def _average_chi_name(subject):
+    return f"derivatives/truth/sub-{subject}/anat/sub-{subject}_desc-average_Chimap.nii.gz"
 
 
 def demo_names():
