@@ -406,3 +406,18 @@ def test_cli_simulate_realistic(tmp_path, monkeypatch, capsys):
     assert main(["simulate", "--out", str(tmp_path / "other"), "--wm-anisotropy"]) != 0
     assert "apply with --realistic only" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_majority_labels_match_the_phantom_resampler(head_block):
+    from qsmlib.simulation.phantom import resample_labels
+    from qsmlib.simulation.realistic import majority_labels
+
+    labels, mask = head_block.labels, head_block.brain_mask
+    affine = np.diag([0.64, 0.64, 0.64, 1.0])
+    # 112 x 120 x 96 voxels of 0.64 mm = 71.68 x 76.8 x 61.44 mm: 1.28 mm voxels fit exactly.
+    expected, expected_mask, _ = resample_labels(labels, mask, affine, 1.28, fill_label=head_block.air_label)
+    matrices = [overlap_matrix(n, 0.64, 1.28)[0] for n in labels.shape]
+    mask_out = area_average(mask, matrices) > 0.5
+    np.testing.assert_array_equal(mask_out, expected_mask)
+    found = majority_labels(labels, mask, matrices, mask_out, fill_label=head_block.air_label)
+    assert np.mean(found != expected) < 1e-3          # only exact ties may break differently

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field as dataclass_field
 from typing import Optional, Tuple
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from ..constants import hz_per_ppm, ppm_to_hz
 from ..dipole import b0_direction_from_affine
@@ -505,9 +506,12 @@ def majority_labels(labels, mask, matrices, mask_out, *, fill_label):
     label_any = np.full(shape_out, fill_label, dtype=np.uint8)
     label_brain = np.full(shape_out, fill_label, dtype=np.uint8)
     covered = np.zeros(shape_out, dtype=np.float32)
-    present = [int(v) for v in np.unique(labels) if int(v) != fill_label]
-    for label in present:
-        occupancy, box_out = _boxed_occupancy(labels, label, matrices)
+    boxes = ndi.find_objects(labels)
+    for index, box in enumerate(boxes):
+        label = index + 1
+        if box is None or label == fill_label:
+            continue
+        occupancy, box_out = _boxed_occupancy(labels, label, box, matrices)
         covered[box_out] += occupancy
         for best, chosen, allowed in ((best_any, label_any, True), (best_brain, label_brain, label in in_mask)):
             if not allowed:
@@ -525,12 +529,11 @@ def majority_labels(labels, mask, matrices, mask_out, *, fill_label):
     return np.where(mask_out, label_brain, label_any).astype(np.uint8)
 
 
-def _boxed_occupancy(labels, label, matrices):
-    """Overlap average of (labels == label) on the output voxels touching its bounding box."""
-    index = np.nonzero(labels == label)
+def _boxed_occupancy(labels, label, box, matrices):
+    """Overlap average of (labels == label) on the output voxels touching its bounding box ``box``."""
     box_in, box_out, parts = [], [], []
     for axis, weights in enumerate(matrices):
-        lo, hi = int(index[axis].min()), int(index[axis].max()) + 1
+        lo, hi = box[axis].start, box[axis].stop
         columns = weights[:, lo:hi]
         rows = np.unique(columns.nonzero()[0])
         r_lo, r_hi = int(rows.min()), int(rows.max()) + 1
