@@ -1,6 +1,7 @@
 """Static checks of the Slicer extension: CMake lists every module file, modules follow the template."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -59,12 +60,46 @@ def _mixin_class():
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ParameterNodeWidgetMixin")
 
 
-def test_shared_widget_mixin_connects_the_parameter_node_without_qt():
+#: Mixin methods a Widget is meant to override.
+MIXIN_HOOKS = {"onParameterNodeModified", "parameterNodeConnecting"}
+
+
+def test_shared_widget_mixin_keeps_the_tag_it_disconnects_with():
+    # connectGui returns None before Slicer 5.10; connectParametersToGui returns the tag in every release
     source = ast.unparse(_mixin_class())
-    assert "connectGui" in source and "disconnectGui" in source and "StartCloseEvent" in source
-    imported = {alias.name for node in ast.walk(ast.parse((QSM_DIR / "QSMCommon" / "qsmslicer" / "widget.py").read_text()))
-                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
-    assert not imported & {"qt", "ctk"}
+    assert "self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(" in source
+    assert "disconnectGui(self._parameterNodeGuiTag)" in source and "StartCloseEvent" in source
+    assert ".connectGui(" not in source
+
+
+def test_each_module_registers_its_self_test_with_ctest_and_declares_its_dependencies():
+    for module in MODULES:
+        cmake = re.sub(r"#[^\n]*", "", (QSM_DIR / module / "CMakeLists.txt").read_text())
+        assert re.search(r"if\(BUILD_TESTING\)\s*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", cmake)
+        tree = ast.parse((QSM_DIR / module / f"{module}.py").read_text())
+        init = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+        declared = next(ast.literal_eval(n.value) for n in ast.walk(init) if isinstance(n, ast.Assign)
+                        and ast.unparse(n.targets[0]) == "self.parent.dependencies")
+        assert declared, module
+        source = (QSM_DIR / module / f"{module}.py").read_text()
+        uses = {"Sequences": "vtkMRMLSequence", "SampleData": "SampleData", "Tables": "vtkMRMLTableNode",
+                "Plots": "vtkMRMLPlot", "Segmentations": "vtkMRMLSegmentationNode"}
+        for dependency, marker in uses.items():
+            if marker in source:
+                assert dependency in declared, (module, dependency)
+
+
+def test_extension_metadata_follows_the_current_template_and_the_catalog_entry():
+    top = re.sub(r"#[^\n]*", "", (REPO / "CMakeLists.txt").read_text())
+    minimum, maximum = re.search(r"cmake_minimum_required\(VERSION ([\d.]+)\.\.\.([\d.]+) FATAL_ERROR\)", top).groups()
+    assert minimum == "3.16.3" and maximum == "3.28.0"  # Slicer 5.6/5.8's CMake .. the 5.12 template's policies
+    assert "EXTENSION_CATEGORY" not in top  # the category lives in the catalog entry since Slicer 5.8
+    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "SlicerQSM.json").read_text())
+    assert entry["category"] == "Quantification"
+    assert entry["scm_url"].endswith(".git") and entry["$schema"].startswith(
+        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-")
+    assert set(entry) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                          "build_subdirectory", "tier", "enabled"}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -83,7 +118,7 @@ def test_module_follows_the_template_and_the_widget_does_not_compute(module):
     bases = [ast.unparse(b) for b in classes[module + "Widget"].bases]
     assert bases[0] == "ParameterNodeWidgetMixin" and "ScriptedLoadableModuleWidget" in bases, bases
     own = {n.name for n in classes[module + "Widget"].body if isinstance(n, ast.FunctionDef)}
-    shared = {n.name for n in _mixin_class().body if isinstance(n, ast.FunctionDef)}
+    shared = {n.name for n in _mixin_class().body if isinstance(n, ast.FunctionDef)} - MIXIN_HOOKS
     assert not own & shared, f"{module}Widget repeats {own & shared}"
     assert "connectScene" in widget and "_checkCanApply" in own
     ui = (QSM_DIR / module / "Resources" / "UI" / f"{module}.ui").read_text()

@@ -6,13 +6,15 @@ to a reference region), fills a table node, makes a bar plot and exports CSV.
 """
 
 import logging
-from typing import Annotated, Optional
+import os
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
+                    vtkMRMLTableNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -69,7 +71,7 @@ class ROISusceptibility(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("ROI Susceptibility")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Tables", "Plots"]
         self.parent.contributors = ["SlicerQSM developers"]
         self.parent.helpText = _(
             "Susceptibility statistics per segment (mean, median, SD, min, max in ppm, voxel count, "
@@ -89,7 +91,7 @@ class ROISusceptibilityParameterNode:
     segmentation: Optional[vtkMRMLSegmentationNode]
     reference: Annotated[str, Choice(list(REFERENCES))] = "none"
     referenceSegmentName: str = ""
-    brainMask: Optional[vtkMRMLNode]
+    brainMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     outputTable: Optional[vtkMRMLTableNode]
 
 
@@ -116,17 +118,36 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         self.connectScene(slicer.mrmlScene)
 
     def onReferenceSegmentChanged(self, segmentId):
-        if self._parameterNode:
+        if self._parameterNode and not self._updatingSegmentSelector:
             self._parameterNode.referenceSegmentName = self.logic.segmentName(self._parameterNode.segmentation,
                                                                               segmentId)
 
+    _updatingSegmentSelector = False
+
+    def onParameterNodeModified(self):
+        """The segment selector shows the parameter node's segmentation and reference segment."""
+        parameters = self._parameterNode
+        selector = self.ui.referenceSegmentSelector
+        self._updatingSegmentSelector = True
+        try:
+            if selector.currentNode() is not parameters.segmentation:
+                selector.setCurrentNode(parameters.segmentation)
+            wanted = ""
+            if parameters.segmentation is not None and parameters.referenceSegmentName:
+                wanted = parameters.segmentation.GetSegmentation().GetSegmentIdBySegmentName(
+                    parameters.referenceSegmentName)
+            if wanted and selector.currentSegmentID() != wanted:
+                selector.setCurrentSegmentID(wanted)
+        finally:
+            self._updatingSegmentSelector = False
+        if not parameters.referenceSegmentName and selector.currentSegmentID():
+            self.onReferenceSegmentChanged(selector.currentSegmentID())
+
     def _checkCanApply(self, caller=None, event=None):
         reason = self.logic.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
-        segmentation = self._parameterNode.segmentation if self._parameterNode else None
-        if self.ui.referenceSegmentSelector.currentNode() is not segmentation:
-            self.ui.referenceSegmentSelector.setCurrentNode(segmentation)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Compute statistics per segment")
+        self.ui.statusLabel.text = reason or ""
         self.ui.createSegmentsButton.enabled = self._parameterNode is not None and \
             self._parameterNode.susceptibility is not None
         self.ui.exportButton.enabled = self._parameterNode is not None and self._parameterNode.outputTable is not None
@@ -398,12 +419,25 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportCsv(table, path):
-        """Write the table as CSV (Slicer's table storage node; units go to the .schema.csv beside it)."""
+        """Write the table as CSV (Slicer's table storage node; units go to the .schema.csv beside it).
+
+        A path without an extension gets ``.csv``; ``.tsv`` writes tab-separated values.
+        Returns the path written.
+        """
+        path = str(path)
+        extension = os.path.splitext(path)[1].lower()
+        if not extension:
+            path, extension = path + ".csv", ".csv"
+        if extension not in (".csv", ".tsv", ".txt"):
+            raise QSMInputError(f"'{path}': statistics are written as .csv or .tsv; choose one of those extensions")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise QSMInputError(f"'{path}': the folder {folder} does not exist; choose an existing folder")
         storage = slicer.vtkMRMLTableStorageNode()
-        storage.SetFileName(str(path))
+        storage.SetFileName(path)
         if not storage.WriteData(table):
-            raise QSMInputError(f"could not write '{path}'; check the folder exists and is writable")
-        return str(path)
+            raise QSMInputError(f"could not write '{path}'; check that the folder is writable")
+        return path
 
 
 #
@@ -411,7 +445,7 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
 #
 
 class ROISusceptibilityTest(ScriptedLoadableModuleTest):
-    """Self-test for users who run it inside Slicer (Reload and Test)."""
+    """Self-test (Reload and Test, or ctest): statistics of known values, referencing, no node left behind."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -421,16 +455,27 @@ class ROISusceptibilityTest(ScriptedLoadableModuleTest):
         self.test_statistics_on_known_values()
 
     def test_statistics_on_known_values(self):
+        scene = slicer.mrmlScene
+        affine = np.diag([1.0, 1.0, 2.0, 1.0])
         values = np.zeros((10, 8, 6), np.float32)
-        values[1:4, 1:4, 1:3] = 0.2
-        chi = nodes.output_volume(slicer.mrmlScene, "chi", values, np.diag([1.0, 1.0, 2.0, 1.0]))
-        labels = (values > 0).astype(np.uint8)
-        labelmap = nodes.output_volume(slicer.mrmlScene, "labels", labels, np.diag([1.0, 1.0, 2.0, 1.0]),
-                                       class_name="vtkMRMLLabelMapVolumeNode")
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        values[1:4, 1:4, 1:3] = 0.2      # 18 voxels of 2 mm3
+        values[5:9, 4:7, 3:5] = -0.05    # 24 voxels
+        chi = nodes.output_volume(scene, "chi", values, affine)
+        labels = np.zeros(values.shape, np.uint8)
+        labels[values > 0], labels[values < 0] = 1, 2
+        labelmap = nodes.output_volume(scene, "labels", labels, affine, class_name="vtkMRMLLabelMapVolumeNode")
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
-        table = ROISusceptibilityLogic().computeStatistics(chi, segmentation)
-        self.assertAlmostEqual(table.GetTable().GetValueByName(0, "Mean").ToDouble(), 0.2, places=6)
-        self.assertEqual(table.GetTable().GetValueByName(0, "Voxel count").ToInt(), 18)
-        self.assertAlmostEqual(table.GetTable().GetValueByName(0, "Volume").ToDouble(), 36.0)
+        ids = nodes.segment_ids(segmentation)
+        count = scene.GetNumberOfNodes()
+
+        logic = ROISusceptibilityLogic()
+        table = logic.computeStatistics(chi, segmentation, reference="segment", reference_segment_id=ids[1])
+        rows = table.GetTable()
+        self.assertAlmostEqual(rows.GetValueByName(0, "Mean").ToDouble(), 0.25, places=6)  # 0.2 - (-0.05)
+        self.assertAlmostEqual(rows.GetValueByName(1, "Mean").ToDouble(), 0.0, places=6)
+        self.assertEqual(rows.GetValueByName(0, "Voxel count").ToInt(), 18)
+        self.assertAlmostEqual(rows.GetValueByName(1, "Volume").ToDouble(), 48.0)
+        self.assertAlmostEqual(rows.GetValueByName(0, "SD").ToDouble(), 0.0, places=6)
+        self.assertEqual(scene.GetNumberOfNodes(), count + 1)  # the table and nothing else
         self.delayDisplay("Test passed")

@@ -6,11 +6,11 @@ Widget only wires the GUI to the parameter node and calls the Logic.
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import slicer
-from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -20,7 +20,7 @@ from slicer.util import VTKObservationMixin
 
 from qsmlib import swi as qsm_swi
 from qsmlib.errors import QSMInputError
-from qsmslicer import dependencies, echo_times, nodes
+from qsmslicer import dependencies, echo_times, nodes, sample_data
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
 
@@ -33,7 +33,7 @@ class SWI(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SWI")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["QSMReconstruction", "Sequences", "SampleData", "Segmentations"]
         self.parent.contributors = ["SlicerQSM developers"]
         self.parent.helpText = _(
             "Susceptibility-weighted imaging (Haacke et al. 2004) and a sliding minimum intensity "
@@ -50,10 +50,10 @@ class SWI(ScriptedLoadableModule):
 class SWIParameterNode:
     magnitudeEchoes: list[vtkMRMLScalarVolumeNode]
     phaseEchoes: list[vtkMRMLScalarVolumeNode]
-    magnitudeSeries: Optional[vtkMRMLNode]
-    phaseSeries: Optional[vtkMRMLNode]
+    magnitudeSeries: Optional[Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode]]
+    phaseSeries: Optional[Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode]]
     echoTimesS: str = ""
-    mask: Optional[vtkMRMLNode]
+    mask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     maskType: Annotated[str, Choice(list(qsm_swi.PHASE_MASKS))] = "negative"
     power: Annotated[float, WithinRange(1.0, 10.0)] = 4.0
     filterSize: Annotated[int, WithinRange(4, 128)] = qsm_swi.DEFAULT_FILTER_SIZE
@@ -94,9 +94,8 @@ class SWIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         self.ui.statusLabel.text = reason or ""
 
     def onApplyButton(self):
-        if not dependencies.ensure_packages_in_slicer(
-                _("SWI needs these Python packages: {packages}. Install them now?")):
-            return
+        with slicer.util.tryWithErrorDisplay(_("SWI needs Python packages.")):
+            dependencies.ensure_packages_in_slicer(_("SWI"))
         with slicer.util.tryWithErrorDisplay(_("SWI failed."), waitCursor=True):
             self.logic.processParameterNode(self._parameterNode)
 
@@ -158,7 +157,8 @@ class SWILogic(ScriptedLoadableModuleLogic):
         mIP runs over ``slab_mm`` along the voxel axis closest to S-I. Outputs
         carry the input's IJKToRAS.
         """
-        from qsmlib.io.phase_scaling import phase_to_radians  # needs nibabel via qsmlib.io
+        dependencies.ensure_packages_in_slicer(_("SWI"))
+        from qsmlib.io.phase_scaling import phase_to_radians
 
         if phase_sign not in (1, -1):
             raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
@@ -195,7 +195,7 @@ class SWILogic(ScriptedLoadableModuleLogic):
 #
 
 class SWITest(ScriptedLoadableModuleTest):
-    """Self-test for users who run it inside Slicer (Reload and Test)."""
+    """Self-test (Reload and Test, or ctest): on the sample head, SWI darkens veins far more than white matter."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -205,10 +205,23 @@ class SWITest(ScriptedLoadableModuleTest):
         self.test_veins_are_dark()
 
     def test_veins_are_dark(self):
-        from QSMReconstruction import QSMReconstructionLogic
+        import SampleData
+        from QSMReconstruction import registerSampleData  # the extension's samples (a declared dependency)
 
-        magnitude, phase, truth = QSMReconstructionLogic().addSimulatedHead(voxel_size_mm=2.0)
-        outputs = SWILogic().process(magnitude, phase, te_s=list(truth.te_s))
-        image = nodes.array_from_volume(outputs.swi)
-        self.assertTrue(np.all(np.isfinite(image)))
+        self.delayDisplay("Loading the simulated head from Sample Data")
+        registerSampleData()
+        magnitude, phase = SampleData.SampleDataLogic().downloadSamples("QSMSimulatedHead2mm")
+        truth = sample_data.simulated_head(2.0)
+        tissues = {tissue.name: label for label, tissue in sample_data.head_tissues(2.0).items()}
+        outputs = SWILogic().process(magnitude, phase, slab_mm=8.0)  # echo times from the sequence
+        swi = nodes.array_from_volume(outputs.swi)
+        mip = nodes.array_from_volume(outputs.mip)
+        self.assertTrue(np.all(np.isfinite(swi)))
+        self.assertTrue(np.all(mip <= swi + 1e-6))  # a minimum over a slab that holds the voxel
+        combined = np.sqrt(np.mean(truth.magnitude ** 2, axis=-1))
+        ratios = {name: float(np.median(swi[truth.labels == tissues[name]]
+                                        / np.maximum(combined[truth.labels == tissues[name]], 1e-6)))
+                  for name in ("Blood", "WM")}
+        # SWI / combined magnitude: measured 0.77 in venous blood against 0.91 in white matter.
+        self.assertLess(ratios["Blood"], 0.9 * ratios["WM"], ratios)
         self.delayDisplay("Test passed")

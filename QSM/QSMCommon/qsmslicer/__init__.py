@@ -6,8 +6,9 @@
 - :mod:`qsmslicer.display`: diverging colour map centred on 0 ppm;
 - :mod:`qsmslicer.progress`: qsmlib progress -> progress dialog, with Cancel;
 - :mod:`qsmslicer.dependencies`: extra packages, installed only after asking;
+- :mod:`qsmslicer.sample_data`: the simulated head as Sample Data, loadable by URI;
 - :mod:`qsmslicer.widget`: the parameter-node scaffolding every module Widget shares.
 
-Needs only MRML (``slicer``, ``vtk``) and qsmlib: no Qt, so it runs with
-slicer-core as well as inside Slicer.
+Everything but :mod:`qsmslicer.widget` needs only MRML (``slicer``, ``vtk``) and
+qsmlib, so the Logic runs in Slicer's Python console and in scripts.
 """

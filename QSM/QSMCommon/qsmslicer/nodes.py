@@ -136,6 +136,25 @@ def echo_volume_nodes(source):
                         "or a sequence of volumes")
 
 
+def displayable_volume(source):
+    """The volume that shows an echo series in the views: its first echo, or a sequence's proxy node.
+
+    A sequence's data nodes live in the sequence's own scene and cannot be shown;
+    its proxy node in a sequence browser of the scene can. None when a sequence
+    has no browser.
+    """
+    if isinstance(source, (list, tuple)):
+        return source[0] if source else None
+    if source is None or not source.IsA("vtkMRMLSequenceNode"):
+        return source
+    scene = source.GetScene()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        browser = scene.GetNthNodeByClass(index, "vtkMRMLSequenceBrowserNode")
+        if browser.IsSynchronizedSequenceNode(source.GetID(), True) and browser.GetProxyNode(source) is not None:
+            return browser.GetProxyNode(source)
+    return None
+
+
 def echo_series_array(source, what):
     """Stack an echo series into one float32 (i, j, k, echo) array.
 
@@ -182,6 +201,8 @@ def segment_mask(segmentation_node, segment_ids_, reference_volume):
         if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
             raise QSMInputError(f"segmentation '{_name(segmentation_node)}' has no segment '{segment_id}'")
         ids.InsertNextValue(segment_id)
+    # The export adds a labelmap with display, storage and colour nodes: all of them go again.
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("QSM_temporary"))
     try:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -190,10 +211,9 @@ def segment_mask(segmentation_node, segment_ids_, reference_volume):
                                 f"exported onto the voxels of '{_name(reference_volume)}'")
         mask = array_from_volume(labelmap) > 0
     finally:
-        display = labelmap.GetDisplayNode()
-        scene.RemoveNode(labelmap)
-        if display is not None and display.GetScene() is not None:
-            scene.RemoveNode(display)
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        for node in [node for node in added if node.GetID() not in before]:
+            scene.RemoveNode(node)
     expected = dimensions(reference_volume)
     if mask.shape != expected:
         raise QSMInputError(f"segmentation '{_name(segmentation_node)}' exported to shape {mask.shape}, "
