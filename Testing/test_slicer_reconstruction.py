@@ -302,58 +302,6 @@ def test_progress_adapter_weights_stages():
         adapter("dipole inversion", 0.5)
 
 
-def test_sample_data_registers_the_simulated_head_and_loads_it_without_download(monkeypatch):
-    module, registry = slicer_support.sample_data_stand_in()
-    monkeypatch.setitem(sys.modules, "SampleData", module)
-    # the Module connects the registration to Slicer's startup, as the extension template does
-    module_init = inspect.getsource(QSMReconstruction.QSMReconstruction.__init__)
-    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in module_init
-    QSMReconstruction.registerSampleData()
-    QSMReconstruction.registerSampleData()  # the module reloaded: no second set of buttons
-    assert [s["sampleName"] for s in registry.sources] == ["QSMSimulatedHead2mm", "QSMSimulatedHead1mm"]
-    for source in registry.sources:
-        assert source["category"] == "QSM" and source["uris"] == []  # nothing to download
-        icon = Path(source["thumbnailFileName"])
-        assert icon.parent == Path(QSMReconstruction.__file__).parent / "Resources" / "Icons"
-        assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert registry.sources[1]["customDownloader"].keywords == {"voxel_size_mm": 1.0}
-
-    context = slicer_support.SceneLogics()  # also sets slicer.mrmlScene, where the loader adds its nodes
-    loaded = registry.sources[0]["customDownloader"]("the SampleDataSource")  # as Sample Data's button calls it
-    magnitude, phase, browser = loaded
-    truth = simulate_gre(load_head_phantom(2.0), seed=0)
-    for sequence, expected in ((magnitude, truth.magnitude), (phase, truth.phase)):
-        assert sequence.GetScene() is context.scene and sequence.IsA("vtkMRMLSequenceNode")
-        assert sequence.GetNumberOfDataNodes() == 5
-        assert QSMReconstructionLogic().echoTimes(sequence) == pytest.approx(list(truth.te_s))
-        for echo in range(5):
-            volume = sequence.GetNthDataNode(echo)
-            assert volume.IsA("vtkMRMLScalarVolumeNode")
-            np.testing.assert_array_equal(nodes.array_from_volume(volume), expected[..., echo])
-            np.testing.assert_array_equal(nodes.ijk_to_ras(volume), truth.affine)
-    # the browser steps through the echoes: its proxies are real volumes in the scene
-    assert browser.GetMasterSequenceNode() is magnitude and browser.IsSynchronizedSequenceNode(phase.GetID())
-    browser.SetSelectedItemNumber(2)
-    np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(phase)), truth.phase[..., 2])
-    np.testing.assert_array_equal(nodes.array_from_volume(browser.GetProxyNode(magnitude)), truth.magnitude[..., 2])
-    assert truth.b0_t == 3.0  # the parameter node's default field strength
-
-    # the loader hands the two sequences to the module: nothing is missing before Apply
-    parameters = types.SimpleNamespace(magnitudeEchoes=[], phaseEchoes=[], magnitudeSeries=None,
-                                       phaseSeries=None, echoTimesS="", fieldStrengthT=3.0)
-    logic = QSMReconstructionLogic()
-    assert logic.missingInputs(parameters) == "Select the magnitude echoes"
-    logic.selectInputs(parameters, magnitude, phase)
-    assert parameters.magnitudeSeries is magnitude and parameters.phaseSeries is phase
-    assert echo_times.parse_seconds(parameters.echoTimesS) == pytest.approx(list(truth.te_s))
-    assert logic.missingInputs(parameters) == ""
-    parameters.echoTimesS = ""  # echo times left empty: still read from the sequence's index
-    assert logic.missingInputs(parameters) == ""
-    volumes = [magnitude.GetNthDataNode(e) for e in range(5)]  # plain volumes carry no echo times
-    parameters.magnitudeSeries, parameters.magnitudeEchoes = None, volumes
-    assert "echo times" in logic.missingInputs(parameters)
-
-
 def test_csf_reference_from_the_module_shifts_the_map_by_the_ventricle_mean(axial_run):
     scene, magnitude, phase, truth, outputs = axial_run
     csf = QSMReconstructionLogic().process(magnitude, phase, b0_t=truth.b0_t, reference="csf")
