@@ -9,7 +9,7 @@ from scipy import ndimage
 from qsmlib import QSMInputError
 from qsmlib.io.multiecho import load_multi_echo
 from qsmlib.simulation import load_head_phantom, simulate_gre
-from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_romeo
+from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_romeo, voxel_quality
 from qsmlib.unwrap.romeo import _sum_to_root, edge_weights
 from test_unwrap import ellipsoid, grid, smooth_phase, wrap
 
@@ -114,6 +114,51 @@ def test_edge_weights_follow_the_romeo_terms():
     outside = region.copy()
     outside[0, 1, 1] = False
     assert edge_weights(phase, outside)[2][0, 1, 0] == 0
+
+
+def test_voxel_quality_is_the_mean_romeo_weight_of_a_voxels_edges():
+    # Field gradient along x: at echo e the phase step per voxel is g * TE_e / TE_0, so the
+    # steps scale with TE (gradient coherence 1) and the phase coherence of pair (e, e + 1)
+    # is 1 - g TE_e / (TE_0 pi). An inner voxel has two such edges and four flat ones (weight 1).
+    te = np.array([0.004, 0.008, 0.012])
+    g = 0.3
+    x = np.arange(16, dtype=np.float32)[:, None, None] * np.ones((16, 16, 16), np.float32)
+    phase = np.stack([wrap(g * t / te[0] * x) for t in te], axis=-1)
+    quality = voxel_quality(phase, te)
+    pairs = [(2 * round(255 * (1 - g * te[e] / te[0] / np.pi)) / 255 + 4) / 6 for e in (0, 1)]
+    assert quality.dtype == np.float32 and quality.shape == (16, 16, 16)
+    assert quality[8, 8, 8] == pytest.approx(np.mean(pairs), abs=1e-6)
+    # A corner voxel has three edges: one along x, two flat.
+    corner = [(round(255 * (1 - g * te[e] / te[0] / np.pi)) / 255 + 2) / 3 for e in (0, 1)]
+    assert quality[15, 0, 0] == pytest.approx(np.mean(corner), abs=1e-6)
+    # Steps that do not scale with TE (a phase pattern, not a field) lose the gradient coherence:
+    # 1 - g (1 - TE_e / TE_(e+1)) for each pair.
+    constant = np.stack([wrap(g * x)] * 3, axis=-1)
+    expected = np.mean([(2 * round(255 * (1 - g / np.pi) * (1 - g * (1 - te[e] / te[e + 1]))) / 255 + 4) / 6
+                        for e in (0, 1)])
+    assert voxel_quality(constant, te)[8, 8, 8] == pytest.approx(expected, abs=1e-6)
+
+
+def test_voxel_quality_separates_noise_from_coherent_phase_and_respects_the_mask():
+    rng = np.random.default_rng(3)
+    te = [0.004, 0.008, 0.012, 0.016]
+    truth = smooth_phase((40, 40, 40)) * 0.05
+    phase = np.stack([wrap(truth * t / te[0]) for t in te], axis=-1)
+    noise = np.zeros((40, 40, 40), bool)
+    noise[:20] = True
+    phase[noise] = rng.uniform(-np.pi, np.pi, (noise.sum(), 4))
+    quality = voxel_quality(phase, te)
+    assert np.median(quality[2:18]) < 0.3           # noise
+    assert np.median(quality[22:38]) > 0.9          # a slowly varying field
+    mask = ellipsoid((40, 40, 40), (15, 15, 15))
+    masked = voxel_quality(phase, te, mask)
+    assert np.all(masked[~mask] == 0)
+    # One echo: the phase coherence alone.
+    assert np.median(voxel_quality(phase[..., :1], te[:1])[22:38]) > 0.9
+    with pytest.raises(QSMInputError, match="4D"):
+        voxel_quality(phase[..., 0], te)
+    with pytest.raises(QSMInputError, match="te_s"):
+        voxel_quality(phase, te[:3])
 
 
 def test_pointer_jumping_sums_steps_along_tree_paths():

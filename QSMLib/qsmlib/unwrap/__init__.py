@@ -18,10 +18,15 @@ Multi-echo phase:
 - :func:`unwrap_echoes_temporal`: every echo of a 4D phase unwrapped, one echo
   in space by :func:`unwrap_romeo` and the others in time against it
   (phase proportional to TE), as in ROMEO's multi-echo mode.
+
+Phase quality:
+
+- :func:`voxel_quality`: ROMEO's edge weights averaged per voxel and over echo
+  pairs, a map in [0, 1] of how trustworthy the phase is (used for masking).
 """
 
 from .laplacian import unwrap_laplacian
 from .reliability import unwrap_reliability
-from .romeo import unwrap_echoes_temporal, unwrap_romeo
+from .romeo import unwrap_echoes_temporal, unwrap_romeo, voxel_quality
 
-__all__ = ["unwrap_echoes_temporal", "unwrap_laplacian", "unwrap_reliability", "unwrap_romeo"]
+__all__ = ["unwrap_echoes_temporal", "unwrap_laplacian", "unwrap_reliability", "unwrap_romeo", "voxel_quality"]

@@ -230,6 +230,102 @@ def edge_weights(wrapped, region, *, magnitude=None, phase2=None, te_ratio=None)
     return weights
 
 
+def voxel_quality(phase4d, te_s, mask=None):
+    """ROMEO phase quality of every voxel: how trustworthy its phase is, from 0 to 1.
+
+    The quality of a voxel is the mean ROMEO weight of the edges to its face
+    neighbours, computed from the phase alone (phase coherence times phase
+    gradient coherence, see :func:`unwrap_romeo`) and averaged over every
+    pair of consecutive echoes. It is near 1 where the phase changes slowly
+    and in proportion to echo time, as in brain tissue, and falls towards
+    0.1 where the phase is noise (air, cortical bone, background) or where
+    the field changes by a large part of a turn per voxel (at air-tissue
+    and bone-tissue interfaces, in the unshimmed scalp and neck). The
+    magnitude terms of ROMEO's weights are left out, so that the map tells
+    what the phase adds to the magnitude (:func:`qsmlib.masking.brain_mask`
+    uses both).
+
+    Parameters
+    ----------
+    phase4d : ndarray, shape (X, Y, Z, E)
+        Phase per echo in radians (wrapped or not; it is wrapped first).
+    te_s : sequence of float
+        Echo times in seconds, increasing, one per echo. With one echo the
+        quality is the phase coherence alone.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels to rate; edges leaving it do not count and the quality is 0
+        outside it. Default: the whole volume.
+
+    Returns
+    -------
+    ndarray, float32, shape (X, Y, Z)
+        Mean edge weight in [0, 1] (ROMEO's 8-bit weights divided by 255);
+        0 for a voxel without a neighbour in ``mask``.
+
+    Raises
+    ------
+    QSMInputError
+        If ``phase4d`` is not a finite 4D array, the echo times are not one
+        increasing value in seconds per echo, or ``mask`` does not match or
+        is empty.
+
+    Notes
+    -----
+    Cost: one :func:`edge_weights` call per echo pair, on the bounding box of
+    ``mask``; about 0.5 s per pair for a 1 mm head on two cores.
+
+    References
+    ----------
+    Dymerska B, Eckstein K, Bachrata B, Siow B, Trattnig S, Shmueli K,
+    Robinson SD. Phase unwrapping with a rapid opensource minimum spanning
+    tree algorithm (ROMEO). Magn Reson Med 2021;85:2294-2308 (the edge
+    weights, and the voxel quality map that averages them).
+    """
+    phase4d = np.asarray(phase4d)
+    if phase4d.ndim != 4:
+        raise QSMInputError(f"phase4d: got shape {phase4d.shape}; give a 4D array "
+                            "(X, Y, Z, echoes) of phase in radians")
+    phase4d = as_volume(phase4d, "phase4d", ndim=4)
+    shape, n_echoes = phase4d.shape[:3], phase4d.shape[3]
+    te = check_echo_times(te_s, n_echoes, name="te_s")
+    if te.size != n_echoes:
+        raise QSMInputError(f"te_s: {te.size} echo times for {n_echoes} echoes; give one per echo")
+    mask = np.ones(shape, dtype=bool) if mask is None else as_mask(mask, shape)
+    box = bounding_box(mask)
+    region = np.ascontiguousarray(mask[box])
+    pairs = [(echo, echo + 1) for echo in range(n_echoes - 1)] or [(0, None)]
+    total = np.zeros(region.shape, dtype=np.float32)
+    for first, second in pairs:
+        weights = edge_weights(
+            wrap_to_pi(phase4d[box + (first,)], np.float32), region,
+            phase2=None if second is None else wrap_to_pi(phase4d[box + (second,)], np.float32),
+            te_ratio=None if second is None else te[second] / te[first])
+        total += _mean_edge_weight(weights)
+    out = np.zeros(shape, dtype=np.float32)
+    out[box] = total * np.float32(1 / (len(pairs) * WEIGHT_LEVELS))
+    return out
+
+
+def _mean_edge_weight(weights):
+    """Mean of the weights (0 = no edge) of the edges at each voxel, from :func:`edge_weights`."""
+    shape = weights[0].shape
+    total = np.zeros(shape, dtype=np.float32)
+    count = np.zeros(shape, dtype=np.float32)
+    for axis, weight in enumerate(weights):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        value = weight.astype(np.float32)
+        present = (weight > 0).astype(np.float32)
+        total += value                  # the edge towards index + 1 ...
+        total[hi] += value[lo]          # ... and the same edge seen from its other end
+        count += present
+        count[hi] += present[lo]
+    return np.divide(total, count, out=np.zeros(shape, dtype=np.float32), where=count > 0)
+
+
 def unwrap_echoes_temporal(phase4d, te_s, mask=None, voxel_size=(1, 1, 1), *, magnitude=None,
                            reference_echo=0, prediction="line", phase_offset_rad=None):
     """Unwrap every echo: one in space with ROMEO, the others in time against it.
