@@ -7,8 +7,10 @@ import pytest
 from scipy import ndimage
 
 from qsmlib import QSMInputError
-from qsmlib.masking import (auto_threshold, brain_mask, dilate_mask, erode_mask,
-                            fill_holes_3d_and_slices, sphere_structure)
+from qsmlib.masking import (auto_threshold, brain_mask, dilate_mask, erode_mask, erosion_radius_mm,
+                            fill_holes_3d_and_slices, opening_radius_mm, sphere_structure)
+from qsmlib.simulation import load_head_phantom, simulate_gre
+from qsmlib.unwrap import voxel_quality
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -109,6 +111,56 @@ def test_neck_joined_by_a_thick_brainstem_is_separated():
     assert np.sum(joined & neck) > 0.5 * np.sum(neck)
 
 
+@pytest.fixture(scope="module", params=[3.0, 2.0, 1.0], ids=["3mm", "2mm", "1mm"])
+def noiseless_head(request):
+    """The simulated head without noise (seed 11), one per voxel size; noise is added per test."""
+    return simulate_gre(load_head_phantom(request.param), snr=None, seed=11)
+
+
+def with_noise(sim, snr, seed):
+    """Magnitude and phase with complex Gaussian noise, SD = mean first-echo brain magnitude / SNR
+    (the noise model of :func:`qsmlib.simulation.simulate_gre`)."""
+    rng = np.random.default_rng(seed)
+    sd = np.float32(np.mean(sim.magnitude[..., 0][sim.brain_mask]) / snr)
+    signal = sim.magnitude * np.exp(1j * sim.phase.astype(np.complex64))
+    signal.real += sd * rng.standard_normal(signal.shape, dtype=np.float32)
+    signal.imag += sd * rng.standard_normal(signal.shape, dtype=np.float32)
+    return np.abs(signal), np.angle(signal)
+
+
+@pytest.mark.parametrize("snr", [30.0, 100.0])
+def test_simulated_head_mask_has_the_brains_volume_at_every_voxel_size(noiseless_head, snr):
+    """Magnitude and phase quality: the mask within 20 % of the true brain's volume, Dice > 0.92,
+    at 3, 2 and 1 mm. The true brain leaves out most CSF over the convexity, which the mask keeps.
+    Measured: volume ratio 1.02 / 1.07 / 1.11, Dice 0.94 / 0.95 / 0.94. Before the phase quality
+    (magnitude alone, a 4 mm opening and 2 mm erosion at any voxel size) 3 mm gave 1.86 / 0.70."""
+    sim = noiseless_head
+    magnitude, phase = with_noise(sim, snr, seed=int(snr))
+    mask = brain_mask(magnitude, sim.voxel_size_mm, quality=voxel_quality(phase, sim.te_s))
+    brain = sim.brain_mask
+    ratio = mask.sum() / brain.sum()
+    assert 0.8 < ratio < 1.2, ratio
+    assert dice(mask, brain) > 0.92, dice(mask, brain)
+    # Little beyond 6 mm of the brain: at 3 mm a bridge of temporal muscle (3 % of the brain's
+    # volume) stays joined; at 2 and 1 mm 0.2 % and 0.5 %.
+    far = mask & ~ndimage.binary_dilation(brain, iterations=max(2, round(6 / sim.voxel_size_mm[0])))
+    assert far.sum() < 0.04 * brain.sum(), far.sum() / brain.sum()
+
+
+def test_morphology_radii_are_never_below_what_the_voxels_allow():
+    assert opening_radius_mm(4.0, (1.0, 1.0, 1.0)) == 4.0
+    assert opening_radius_mm(4.0, (3.0, 3.0, 3.0)) == 6.0          # two voxels
+    assert opening_radius_mm(4.0, (0.5, 0.5, 3.0)) == 6.0
+    assert erosion_radius_mm(2.0, (1.0, 1.0, 1.0)) == 2.0
+    assert erosion_radius_mm(2.0, (3.0, 3.0, 3.0)) == 3.0          # one voxel
+    assert erosion_radius_mm(0.0, (3.0, 3.0, 3.0)) == 0.0          # none stays none
+    # At 3 mm the 2 mm erosion still removes the outer voxel shell.
+    cube = np.zeros((12, 12, 12), bool)
+    cube[2:10, 2:10, 2:10] = True
+    image = np.where(cube, 1.0, 0.01).astype(np.float32)
+    assert brain_mask(image, (3.0, 3.0, 3.0), opening_mm=0.0, separate_neck=False).sum() == 6 ** 3
+
+
 def test_real_scan_mask_covers_a_plausible_fraction():
     import nibabel as nib
 
@@ -184,3 +236,7 @@ def test_invalid_inputs_raise_clear_errors():
         brain_mask(image, (2, 2, 2), erode_mm=-1)
     with pytest.raises(QSMInputError, match="voxel"):
         brain_mask(image, (0, 2, 2))
+    with pytest.raises(QSMInputError, match="quality"):
+        brain_mask(image, (2, 2, 2), quality=np.ones((32, 32, 31)))
+    with pytest.raises(QSMInputError, match="quality_fraction"):
+        brain_mask(image, (2, 2, 2), quality=np.ones(image.shape), quality_fraction=1.0)

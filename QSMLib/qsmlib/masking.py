@@ -1,4 +1,4 @@
-"""Brain mask from the gradient-echo magnitude, and morphology with physical radii.
+"""Brain mask from the gradient-echo magnitude and phase, and morphology with physical radii.
 
 In a gradient-echo head image the brain (with its CSF) is bright, the skull
 is dark (cortical bone has almost no signal at usual echo times), and the
@@ -7,6 +7,14 @@ cuts the thin bright bridges that remain across the skull by a morphological
 opening, keeps the largest piece, restores its edge within the threshold
 mask, and fills the holes that dark structures (veins, iron-rich nuclei at
 late echoes, air-filled cavities seen through the brain) leave.
+
+At coarse voxels (3-4 mm) partial volume fills in the dark skull, and the
+magnitude alone no longer separates the brain from the scalp and the neck
+muscles. The phase does: outside the shimmed brain, and at the bone and air
+around it, the field changes by a large part of a turn per voxel, and where
+there is no signal the phase is noise. A ROMEO phase quality map
+(:func:`qsmlib.unwrap.voxel_quality`) passed as ``quality`` makes the brain's
+core from the voxels that are both bright and of good phase quality.
 
 Spheres are defined in millimetres: a voxel belongs to the sphere of radius
 ``r`` when its centre lies within ``r`` mm of the centre voxel, so
@@ -25,6 +33,11 @@ from .validation import as_volume, as_voxel_size, check_number
 
 #: Default radius (mm) of the opening that separates the brain from the scalp.
 DEFAULT_OPENING_MM = 4.0
+#: The opening's radius is at least this many of the largest voxel dimension:
+#: a sphere of one voxel radius (a 6-neighbour cross) keeps every bridge more
+#: than two voxels thick. On the simulated head at 3 mm, the 4 mm (one voxel)
+#: opening left the scalp and neck joined to the brain (mask 1.8 times the brain).
+MIN_OPENING_VOXELS = 2.0
 #: Extra radius (mm) beyond the opening radius within which the opened brain
 #: is grown back inside the threshold mask (restores the partial-volume edge).
 RESTORE_MARGIN_MM = 1.0
@@ -34,11 +47,21 @@ TISSUE_FRACTION = 0.25
 #: the tissue level), at least NOISE_FACTOR times the background median.
 BACKGROUND_FRACTION = 0.1
 NOISE_FACTOR = 3.0
+#: A voxel joins the brain's core only when its phase quality is at least this
+#: fraction of the median quality of the voxels above the magnitude threshold.
+#: Chosen on the simulated head at 1, 2 and 3 mm, 3 T and 7 T, SNR 30 and 100
+#: (the worst case over that table: mask volume within 10 % of the brain's,
+#: against 13 % for 0.5 x the median and for a fixed 0.5).
+QUALITY_FRACTION = 0.8
 #: Final erosion (mm). The mask's outer shell touches bone and air, where the
 #: field changes fastest and background removal fails; QSM tools erode it away.
 #: On the simulated head 2 mm brought NRMSE from 54-58 % to 51-53 % (1 mm voxels,
 #: axial and 21 degree B0) and kept 98.9 % of the brain.
 DEFAULT_ERODE_MM = 2.0
+#: The final erosion removes at least this many of the largest voxel dimension
+#: (the shell of partial-volume voxels). At 3 mm a 2 mm sphere is one voxel and
+#: erodes nothing; one voxel brought NRMSE from 190 % to 77 % on the simulated head.
+MIN_ERODE_VOXELS = 1.0
 #: Upper percentile of the intensities kept for the threshold histogram
 #: (bright vessels and fat would otherwise stretch it).
 HISTOGRAM_PERCENTILE = 99.5
@@ -53,9 +76,9 @@ BODY_DEPTH_MM = 4.0
 _SURFACE_TOLERANCE = 1e-6
 
 
-def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPENING_MM,
-               erode_mm=DEFAULT_ERODE_MM, fill_holes=True, separate_neck=True):
-    """Extract the brain from a gradient-echo magnitude image.
+def brain_mask(magnitude, voxel_size, *, quality=None, quality_fraction=QUALITY_FRACTION, threshold=None,
+               opening_mm=DEFAULT_OPENING_MM, erode_mm=DEFAULT_ERODE_MM, fill_holes=True, separate_neck=True):
+    """Extract the brain from a gradient-echo magnitude image, helped by the phase quality.
 
     Steps:
 
@@ -65,21 +88,31 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
        background level (see :func:`auto_threshold`). Dark tissue (a
        receive-bias shadow, a deep nucleus at late echoes) stays in, and an
        image without background (a crop inside the brain) keeps nearly
-       every voxel.
-    3. Neck separation (``separate_neck``): the brainstem joins the brain to
+       every voxel. This is the *threshold mask*.
+    3. Phase quality (with ``quality``): the voxels of the threshold mask
+       whose phase quality is below ``quality_fraction`` times its median
+       are left out, and the holes this leaves inside the tissue are filled
+       (3D, then slice by slice). This is the *core mask*, which the next
+       two steps use; without ``quality`` it is the threshold mask.
+    4. Neck separation (``separate_neck``): the brainstem joins the brain to
        the neck and face tissue through a bridge too thick for an opening.
-       A watershed of the distance map (distance to the nearest voxel below
-       threshold, on a 2 mm grid) splits the mask into bodies at their
+       A watershed of the distance map (distance to the nearest voxel outside
+       the core mask, on a 2 mm grid) splits the mask into bodies at their
        narrowest joins; the body holding the deepest point (the brain: no
        other part of the head holds as large an inscribed sphere) is kept,
        with every body whose deepest point lies inside the brain body's
        equivalent ellipsoid (so that a lobe split off by a dark fold stays).
-    4. Opening: erosion by a sphere of ``opening_mm`` cuts the thin bright
-       bridges across the dark skull; the largest connected piece is kept.
-    5. Restoration: that piece is dilated by ``opening_mm`` + 1 mm within
-       the threshold mask, and the connected part is kept.
-    6. Hole filling: in 3D, then slice by slice along each axis.
-    7. Erosion by ``erode_mm``.
+    5. Opening: erosion of the core mask by a sphere of ``opening_mm``, but
+       at least 2 voxels (:data:`MIN_OPENING_VOXELS` times the largest voxel
+       dimension), cuts the thin bright bridges across the dark skull; the
+       largest connected piece is kept.
+    6. Restoration: that piece is dilated by the opening radius + 1 mm
+       within the threshold mask (less the bodies dropped in step 4), and the
+       connected part is kept: the brain's edge comes back even where its
+       phase quality is low.
+    7. Hole filling: in 3D, then slice by slice along each axis.
+    8. Erosion by ``erode_mm``, but at least one voxel
+       (:data:`MIN_ERODE_VOXELS` times the largest voxel dimension).
 
     The result is the intracranial volume as the magnitude shows it: brain
     and the CSF around it (bright at any echo time), without skull, scalp
@@ -91,20 +124,29 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
         Magnitude image, or one magnitude per echo.
     voxel_size : sequence of 3 float
         Voxel size in mm.
+    quality : ndarray, shape (X, Y, Z), optional
+        Phase quality map in [0, 1], higher where the phase is trustworthy:
+        :func:`qsmlib.unwrap.voxel_quality` of the phase (the pipeline passes
+        it). Default: magnitude only, which is reliable at voxels of 2 mm and
+        below but at 3-4 mm lets the scalp and neck in.
+    quality_fraction : float, optional
+        Quality threshold of step 3 as a fraction of the median quality in the
+        threshold mask, in [0, 1); 0 ignores ``quality``.
     threshold : float, optional
         Intensity threshold on the (combined) magnitude, in its units.
         Default: automatic (step 2).
     opening_mm : float, optional
         Radius of the opening sphere in mm (0 disables the opening). It must
         be larger than half the thickness of the bridges to cut and smaller
-        than half the brain's width.
+        than half the brain's width. Raised to 2 voxels where it is smaller.
     erode_mm : float, optional
-        Final erosion radius in mm (0: none).
+        Final erosion radius in mm (0: none). Raised to one voxel where it
+        is smaller.
     fill_holes : bool, optional
         Fill enclosed holes (3D and per slice).
     separate_neck : bool, optional
         Split off neck and face tissue joined to the brain by thick bridges
-        (step 3). Needs scikit-image.
+        (step 4). Needs scikit-image.
 
     Returns
     -------
@@ -114,14 +156,22 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
     ------
     QSMInputError
         If the magnitude is not a finite, non-negative 3D or 4D volume with
-        some signal, the voxel size is invalid, a radius is negative, or
-        nothing is above the threshold.
+        some signal, ``quality`` does not match it, the voxel size is
+        invalid, a radius is negative, ``quality_fraction`` is outside
+        [0, 1), or nothing is above the threshold.
 
     Notes
     -----
+    Measured on the simulated head (volume of the mask / volume of the true
+    brain, which leaves out the CSF over the convexity; Dice against it), SNR
+    30 and 100: at 3 mm 1.02 / 0.94 with the phase quality, 1.76-1.86 / 0.70
+    with the magnitude alone; at 2 mm 1.07 / 0.95 (magnitude alone 1.13 /
+    0.94); at 1 mm 1.11 / 0.94 either way.
+
     Cost on a 164 x 205 x 205 head: a distance transform and a watershed on
     a 2 mm grid, a few FFT pairs and a few connected-component labellings,
-    about 1.5 s on two cores.
+    about 1.5 s on two cores (plus about 2.5 s for the quality map of five
+    echoes).
 
     References
     ----------
@@ -135,11 +185,30 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
     Beucher S, Meyer F. The morphological approach to segmentation: the
     watershed transformation. In: Dougherty ER, ed. Mathematical Morphology
     in Image Processing. Marcel Dekker; 1993:433-481.
+
+    Dymerska B, Eckstein K, Bachrata B, Siow B, Trattnig S, Shmueli K,
+    Robinson SD. Phase unwrapping with a rapid opensource minimum spanning
+    tree algorithm (ROMEO). Magn Reson Med 2021;85:2294-2308 (the phase
+    quality weights).
+
+    Stewart AW, Robinson SD, O'Brien K, et al. QSMxT: Robust masking and
+    artifact reduction for quantitative susceptibility mapping. Magn Reson
+    Med 2022;87:1289-1300 (masks from a thresholded phase quality map, with
+    hole filling).
     """
     image = combined_magnitude(magnitude)
     voxel_size = as_voxel_size(voxel_size)
     opening_mm = check_number(opening_mm, "opening_mm", unit=" mm")
     erode_mm = check_number(erode_mm, "erode_mm", unit=" mm")
+    quality_fraction = check_number(quality_fraction, "quality_fraction")
+    if quality_fraction >= 1:
+        raise QSMInputError(f"quality_fraction: {quality_fraction} must be below 1 (a fraction of the median "
+                            "phase quality); give for example 0.8, or 0 to use the magnitude alone")
+    if quality is not None:
+        quality = as_volume(quality, "quality")
+        if quality.shape != image.shape:
+            raise QSMInputError(f"quality: shape {quality.shape} does not match the magnitude's "
+                                f"{image.shape}; give the phase quality map on the same voxel grid")
     if threshold is None:
         threshold = auto_threshold(image)
     else:
@@ -154,23 +223,56 @@ def brain_mask(magnitude, voxel_size, *, threshold=None, opening_mm=DEFAULT_OPEN
                             "automatic one")
     del image
 
+    core_mask = candidate
+    if quality is not None and quality_fraction > 0:
+        core_mask = phase_quality_core(candidate, quality, quality_fraction)
+        if not core_mask.any():  # no voxel of good phase: the magnitude alone
+            core_mask = candidate
     if separate_neck:
-        candidate &= _brain_body(candidate, voxel_size)
+        keep = _brain_body(core_mask, voxel_size)
+        core_mask = core_mask & keep
+        candidate = candidate & keep
     if opening_mm > 0:
-        core = largest_component(erode_mask(candidate, voxel_size, opening_mm))
+        radius = opening_radius_mm(opening_mm, voxel_size)
+        core = largest_component(erode_mask(core_mask, voxel_size, radius))
         if core.any():
-            grown = dilate_mask(core, voxel_size, opening_mm + RESTORE_MARGIN_MM)
+            grown = dilate_mask(core, voxel_size, radius + RESTORE_MARGIN_MM)
             mask = _component_touching(candidate & grown, core)
         else:
             # Everything is thinner than the opening sphere: keep the largest piece.
-            mask = largest_component(candidate)
+            mask = largest_component(core_mask)
     else:
-        mask = largest_component(candidate)
+        mask = largest_component(core_mask)
     if fill_holes:
         mask = fill_holes_3d_and_slices(mask)
     if erode_mm > 0:
-        mask = erode_mask(mask, voxel_size, erode_mm)
+        mask = erode_mask(mask, voxel_size, erosion_radius_mm(erode_mm, voxel_size))
     return mask
+
+
+def phase_quality_core(candidate, quality, quality_fraction=QUALITY_FRACTION):
+    """The voxels of ``candidate`` with good phase quality, holes filled (step 3 of :func:`brain_mask`).
+
+    A voxel is kept when its quality is at least ``quality_fraction`` times
+    the median quality over ``candidate``; the holes that the rejected
+    voxels leave inside the kept tissue are then filled (in 3D, then slice
+    by slice), within ``candidate``.
+    """
+    level = float(np.median(quality[candidate]))
+    good = candidate & (quality >= quality_fraction * level)
+    return fill_holes_3d_and_slices(good) & candidate
+
+
+def opening_radius_mm(opening_mm, voxel_size):
+    """Radius (mm) of :func:`brain_mask`'s opening: ``opening_mm``, at least 2 voxels."""
+    return max(float(opening_mm), MIN_OPENING_VOXELS * max(as_voxel_size(voxel_size)))
+
+
+def erosion_radius_mm(erode_mm, voxel_size):
+    """Radius (mm) of :func:`brain_mask`'s final erosion: ``erode_mm``, at least one voxel (0 stays 0)."""
+    if erode_mm <= 0:
+        return 0.0
+    return max(float(erode_mm), MIN_ERODE_VOXELS * max(as_voxel_size(voxel_size)))
 
 
 def combined_magnitude(magnitude, name="magnitude"):
