@@ -168,6 +168,75 @@ def test_every_choice_survives_scene_save_and_reload(context, reconstruction, tm
     assert ui.maskSelector.currentNode().GetName() == "mask"
 
 
+def _node_of_class(scene, class_name, name):
+    """A small node of ``class_name`` with content, so that it is saved and read back with the scene."""
+    voxels = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    if class_name in ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode"):
+        return nodes.output_volume(scene, name, voxels.astype(np.uint8) % 2, np.eye(4), class_name=class_name)
+    if class_name == "vtkMRMLSequenceNode":
+        sequence = scene.AddNewNodeByClass(class_name, name)
+        volume = nodes.output_volume(scene, f"{name}_item", voxels, np.eye(4))
+        sequence.SetDataNodeAtValue(volume, "4")
+        scene.RemoveNode(volume.GetDisplayNode())
+        scene.RemoveNode(volume)
+        return sequence
+    if class_name == "vtkMRMLSegmentationNode":
+        labelmap = _node_of_class(scene, "vtkMRMLLabelMapVolumeNode", f"{name}_labels")
+        segmentation = scene.AddNewNodeByClass(class_name, name)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        return segmentation
+    if class_name == "vtkMRMLTableNode":
+        table = scene.AddNewNodeByClass(class_name, name)
+        table.AddColumn().SetName("values")
+        return table
+    raise AssertionError(f"no recipe for {class_name}")
+
+
+@pytest.mark.parametrize("name", ["QSMReconstruction", "SWI", "ROISusceptibility"])
+def test_every_bound_widget_choice_round_trips_through_the_saved_scene(context, name, tmp_path):
+    module = slicer_support.LoadedModule(name)
+    widget = module.open_panel()
+    scene = context.scene
+    bound = {w.property("SlicerParameterName"): w for w in vars(widget.ui).values()
+             if w.property("SlicerParameterName")}
+    # a value other than the default for each, chosen through the widget (the preset first: it sets stages)
+    for parameter, control in sorted(bound.items(), key=lambda item: item[0] != "preset"):
+        kind = type(control).__name__
+        if kind == "QComboBox":
+            default = str(widget._parameterNode.default(parameter).value)
+            control.currentIndex = next(i for i in range(control.count()) if control.itemText(i) != default)
+        elif kind == "QCheckBox":
+            control.checked = not control.checked
+        elif kind == "QLineEdit":
+            control.type_text(f"typed {parameter}")
+        elif kind in ("QDoubleSpinBox", "QSpinBox"):
+            control.value = (control.minimum + control.maximum) / 2
+        elif kind == "qMRMLNodeComboBox":
+            control.setCurrentNode(_node_of_class(scene, control.nodeTypes[-1], f"chosen {parameter}"))
+        else:
+            raise AssertionError(f"{parameter}: no way to set a {kind}")
+    parameters = widget._parameterNode
+    chosen = {p: parameters.getValue(p) for p in bound}
+    for parameter, value in chosen.items():
+        assert value is not None and value != parameters.default(parameter).value, parameter
+    path = tmp_path / "saved.mrb"
+    assert scene.WriteToMRB(str(path))
+    module.exit()
+    scene.Clear(0)
+    context.enable_mrb(tmp_path / "cache")
+    assert scene.ReadFromMRB(str(path))
+    module.enter()
+    again = widget._parameterNode
+    for parameter, value in chosen.items():
+        loaded = again.getValue(parameter)
+        if hasattr(value, "GetName"):
+            assert loaded is not None and loaded.GetName() == value.GetName(), parameter
+            assert bound[parameter].currentNode() is loaded, parameter  # and the panel shows it
+        else:
+            assert loaded == value, parameter
+    module.unload()
+
+
 def test_echo_lists_follow_the_parameter_node(context, reconstruction):
     widget = reconstruction.widget
     volumes = [nodes.output_volume(context.scene, f"echo{n}", np.zeros((3, 3, 3), np.float32), np.eye(4))
