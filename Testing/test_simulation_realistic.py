@@ -421,3 +421,29 @@ def test_majority_labels_match_the_phantom_resampler(head_block):
     np.testing.assert_array_equal(mask_out, expected_mask)
     found = majority_labels(labels, mask, matrices, mask_out, fill_label=head_block.air_label)
     assert np.mean(found != expected) < 1e-3          # only exact ties may break differently
+
+
+def test_coil_combination_matches_explicit_channels():
+    from qsmlib.simulation.realistic import _receive
+
+    # 4 coils with random complex sensitivities at one voxel; the shortcut in _receive
+    # must give the distribution of the explicit channels: SoS magnitude, Roemer phase.
+    rng = np.random.default_rng(8)
+    coils = rng.standard_normal(4) + 1j * rng.standard_normal(4)
+    gain = np.sqrt(np.sum(np.abs(coils) ** 2))
+    signal, sd, n = 0.7 * np.exp(0.4j), 0.5, 400_000
+    noise = (rng.standard_normal((n, 4)) + 1j * rng.standard_normal((n, 4))) * sd
+    channels = coils * signal + noise
+    explicit_magnitude = np.sqrt(np.sum(np.abs(channels) ** 2, axis=1))
+    explicit_phase = np.angle(np.sum(np.conj(coils) * channels, axis=1))
+    magnitude, phase = _receive(np.full(n, signal, np.complex64), np.full(n, gain, np.float32), 4, sd,
+                                np.random.default_rng(9))
+    # E[SoS^2] = |C S|^2 + 2 N sd^2 exactly; both samples agree with it and with each other.
+    expected_power = gain ** 2 * abs(signal) ** 2 + 2 * 4 * sd ** 2
+    assert np.mean(explicit_magnitude ** 2) == pytest.approx(expected_power, rel=0.01)
+    assert np.mean(magnitude.astype(np.float64) ** 2) == pytest.approx(expected_power, rel=0.01)
+    assert np.mean(magnitude) == pytest.approx(np.mean(explicit_magnitude), rel=0.005)
+    assert np.std(magnitude) == pytest.approx(np.std(explicit_magnitude), rel=0.01)
+    for values in (explicit_phase, phase):
+        assert np.angle(np.mean(np.exp(1j * values))) == pytest.approx(0.4, abs=0.005)
+    assert np.std(wrap_to_pi(phase - 0.4)) == pytest.approx(np.std(wrap_to_pi(explicit_phase - 0.4)), rel=0.01)

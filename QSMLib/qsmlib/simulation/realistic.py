@@ -34,7 +34,7 @@ susceptibility edges. Defaults tuned on such data flatter the inversions.
    receive-phase offset (order <= 2, peak 1.5 rad); complex Gaussian noise per
    echo, either on one channel with a smooth receive bias or on
    ``n_coils`` loop coils (SoS magnitude, phase of the sensitivity-weighted
-   combination).
+   combination, drawn exactly without forming the channels).
 
 Ground truth on the acquisition grid:
 
@@ -326,19 +326,18 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
     offset = smooth_polynomial(acq_shape, head_acq, offset_rng, PHASE_OFFSET_PEAK_RAD, with_constant=True)
     clean *= np.exp(1j * offset.astype(np.complex64))[..., None]
     if n_coils == 0:
-        sensitivities = (1 + smooth_polynomial(acq_shape, head_acq, receive_rng, RECEIVE_BIAS_PEAK,
-                                               with_constant=False))[None]
+        gain = 1 + smooth_polynomial(acq_shape, head_acq, receive_rng, RECEIVE_BIAS_PEAK, with_constant=False)
     else:
-        sensitivities = coil_sensitivities(acq_shape, acq_mm, head_acq, mask_acq, n_coils, receive_rng)
-    combined_gain = np.sqrt(np.sum(np.abs(sensitivities) ** 2, axis=0))
+        gain = coil_array_gain(acq_shape, acq_mm, head_acq, mask_acq, n_coils, receive_rng)
     noise_sd = 0.0
     if not noise_free:
-        first = np.abs(clean[..., 0])[mask_acq] * combined_gain[mask_acq]
+        first = np.abs(clean[..., 0])[mask_acq] * gain[mask_acq]
         noise_sd = float(np.mean(first, dtype=np.float64)) / float(snr)
     magnitude = np.empty(acq_shape + (te.size,), dtype=np.float32)
     phase = np.empty(acq_shape + (te.size,), dtype=np.float32)
     for echo in range(te.size):
-        magnitude[..., echo], phase[..., echo] = _receive(clean[..., echo], sensitivities, noise_sd, noise_rng)
+        magnitude[..., echo], phase[..., echo] = _receive(clean[..., echo], gain, max(n_coils, 1), noise_sd,
+                                                          noise_rng)
     timings["receive"] = _lap(start) - sum(timings.values())
     timings["total"] = _lap(start)
 
@@ -428,15 +427,15 @@ def smooth_polynomial(shape, region, rng, peak, *, with_constant):
     return values * np.float32(peak / extreme)
 
 
-def coil_sensitivities(shape, voxel_size_mm, head, brain, n_coils, rng, *, radius_mm=COIL_RADIUS_MM):
-    """Complex sensitivities (n_coils, X, Y, Z) of loop coils on a ring around the head.
+def coil_array_gain(shape, voxel_size_mm, head, brain, n_coils, rng, *, radius_mm=COIL_RADIUS_MM):
+    """Root sum of squares of the sensitivities of ``n_coils`` loop coils on a ring around the head.
 
-    The coils sit evenly on a circle in the axial plane through the head's
-    centre, 20 mm outside the head, each facing the centre. The magnitude is
-    the on-axis law of a circular loop, ``(1 + (d / a)^2)^(-3/2)`` with ``d`` the
-    distance to the coil and ``a`` its radius; the phase is a random constant
-    plus a random linear ramp (up to about 1 rad across the head). Normalised
-    so that the root sum of squares averages 1 in the brain.
+    The coils sit evenly (with a random jitter) on a circle in the axial plane
+    through the head's centre, 20 mm outside the head. Each sensitivity's
+    magnitude follows the on-axis law of a circular loop of radius ``a``,
+    ``(1 + (d / a)^2)^(-3/2)`` with ``d`` the distance to the coil. Normalised
+    so that it averages 1 in the brain. Coil phases do not enter: the
+    channels are combined with their true sensitivities (see :func:`_receive`).
     """
     coords = [(np.arange(n, dtype=np.float32) * np.float32(v)).reshape([-1 if a == axis else 1 for a in range(3)])
               for axis, (n, v) in enumerate(zip(shape, voxel_size_mm))]
@@ -444,43 +443,42 @@ def coil_sensitivities(shape, voxel_size_mm, head, brain, n_coils, rng, *, radiu
     centre = [float(np.mean(i)) * v for i, v in zip(index, voxel_size_mm)]
     extent = max((float(np.ptp(index[a])) * voxel_size_mm[a]) for a in range(2))
     ring = 0.5 * extent + 20.0
-    out = np.empty((n_coils,) + tuple(shape), dtype=np.complex64)
+    sum_squares = np.zeros(shape, dtype=np.float32)
     for c in range(n_coils):
         angle = 2 * np.pi * c / n_coils + 0.3 * rng.standard_normal()
         position = [centre[0] + ring * np.cos(angle), centre[1] + ring * np.sin(angle), centre[2]]
         d2 = sum((coords[a] - np.float32(position[a])) ** 2 for a in range(3))
-        magnitude = (1 + d2 / np.float32(radius_mm ** 2)) ** np.float32(-1.5)
-        ramp = rng.standard_normal(3) * (1.0 / max(extent, 1.0))
-        phase = np.float32(rng.uniform(-np.pi, np.pi)) + sum(
-            np.float32(ramp[a]) * (coords[a] - np.float32(centre[a])) for a in range(3))
-        out[c] = magnitude * np.exp(1j * phase.astype(np.complex64))
-    rss = np.sqrt(np.sum(np.abs(out) ** 2, axis=0))
-    out /= np.float32(np.mean(rss[brain]) if brain.any() else np.mean(rss))
-    return out
+        sum_squares += (1 + d2 / np.float32(radius_mm ** 2)) ** np.float32(-3.0)
+    gain = np.sqrt(sum_squares)
+    return gain / np.float32(np.mean(gain[brain]) if brain.any() else np.mean(gain))
 
 
-def _receive(signal, sensitivities, noise_sd, rng):
+def _receive(signal, gain, n_channels, noise_sd, rng):
     """Magnitude and wrapped phase of one echo after the receive chain.
 
-    One channel (``sensitivities`` of shape (1, ...), real bias): the signal
-    times the bias plus complex noise. Several coils: per coil the signal
-    times the sensitivity plus independent complex noise; the magnitude is the
-    root sum of squares, the phase that of ``sum conj(C_c) S_c``.
+    One channel: ``gain`` is a smooth real receive bias; the data are the
+    signal times the bias plus complex Gaussian noise (SD ``noise_sd`` per real
+    and imaginary part).
+
+    ``n_channels`` coils with sensitivities C_c (``gain`` = |C| = root sum of
+    squares), each with independent noise n_c: the phase is that of the
+    optimal combination ``sum conj(C_c) (C_c S + n_c)`` (Roemer et al. 1990) and
+    the magnitude is the root sum of squares of the channels. Both are drawn
+    exactly without forming the channels: with u = C/|C|, the combination is
+    ``|C| (|C| S + u^H n)`` and the sum of squares ``||C| S + u^H n|^2 + |n_perp|^2``,
+    where u^H n is one complex Gaussian of the same SD and ``|n_perp|^2`` is
+    ``noise_sd^2`` times a chi-squared variable with 2 (N - 1) degrees of freedom.
     """
-    if sensitivities.shape[0] == 1 and not np.iscomplexobj(sensitivities):
-        data = signal * sensitivities[0]
-        if noise_sd > 0:
-            data = data + _complex_noise(signal.shape, noise_sd, rng)
-        return np.abs(data).astype(np.float32), wrap_to_pi(np.angle(data), np.float32)
-    sum_squares = np.zeros(signal.shape, dtype=np.float32)
-    combined = np.zeros(signal.shape, dtype=np.complex64)
-    for coil in sensitivities:
-        data = signal * coil
-        if noise_sd > 0:
-            data += _complex_noise(signal.shape, noise_sd, rng)
-        sum_squares += data.real ** 2 + data.imag ** 2
-        combined += np.conj(coil) * data
-    return np.sqrt(sum_squares), wrap_to_pi(np.angle(combined), np.float32)
+    data = signal * gain
+    if noise_sd > 0:
+        data += _complex_noise(signal.shape, noise_sd, rng)
+    phase = wrap_to_pi(np.angle(data), np.float32)
+    if n_channels == 1:
+        return np.abs(data).astype(np.float32), phase
+    power = data.real ** 2 + data.imag ** 2
+    if noise_sd > 0:
+        power += (rng.gamma(n_channels - 1, 2.0, size=signal.shape) * noise_sd ** 2).astype(np.float32)
+    return np.sqrt(power), phase
 
 
 def _complex_noise(shape, sd, rng):
