@@ -174,8 +174,8 @@ def test_run_also_needs_magnitude_and_known_options(ball, capsys):
     assert not (folder / "z").exists()
 
 
-def test_real_scan_swi_and_r2star_are_finite_inside_the_mask(shared_data, tmp_path, capsys):
-    mag, phase = str(shared_data / "romeo-small" / "Mag.nii.gz"), str(shared_data / "romeo-small" / "Phase.nii.gz")
+def test_real_scan_swi_and_r2star_are_finite_inside_the_mask(test_data, tmp_path, capsys):
+    mag, phase = str(test_data / "romeo-small" / "Mag.nii.gz"), str(test_data / "romeo-small" / "Phase.nii.gz")
     te = ["0.004", "0.008", "0.012"]
     status, err = _run(["swi", "--mag", mag, "--phase", phase, "--te", *te, "--out", str(tmp_path / "swi")], capsys)
     assert status == 0, err

@@ -164,7 +164,7 @@ def test_real_scan_phase_evolves_linearly_without_jumps():
 
     from qsmlib.masking import brain_mask
 
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "romeo-small"
+    folder = Path(__file__).resolve().parent / "data" / "romeo-small"
     magnitude_image = nib.load(str(folder / "Mag.nii.gz"))
     magnitude = np.asarray(magnitude_image.dataobj, dtype=np.float32)
     raw = np.asarray(nib.load(str(folder / "Phase.nii.gz")).dataobj, dtype=np.float64)

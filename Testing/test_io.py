@@ -49,8 +49,8 @@ def test_arbitrary_scale_is_min_max_rescaled(true_phase):
     assert np.max(np.abs(error)) < 1e-5
 
 
-def test_romeo_phase_is_rescaled(shared_data):
-    data, _ = load_nifti(shared_data / "romeo-small" / "Phase.nii.gz")
+def test_romeo_phase_is_rescaled(test_data):
+    data, _ = load_nifti(test_data / "romeo-small" / "Phase.nii.gz")
     rad, info = phase_to_radians(data)
     assert "arbitrary" in info["detected"]
     pi = np.float32(np.pi)  # -pi rounds to float32 -3.1415927, below float64 -pi

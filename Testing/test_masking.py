@@ -12,7 +12,7 @@ from qsmlib.masking import (auto_threshold, brain_mask, dilate_mask, erode_mask,
 from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.unwrap import voxel_quality
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def coordinates(shape, voxel_size):
@@ -164,7 +164,7 @@ def test_morphology_radii_are_never_below_what_the_voxels_allow():
 def test_real_scan_mask_covers_a_plausible_fraction():
     import nibabel as nib
 
-    path = SHARED_DATA / "romeo-small" / "Mag.nii.gz"
+    path = TEST_DATA / "romeo-small" / "Mag.nii.gz"
     image = nib.load(str(path))
     magnitude = np.asarray(image.dataobj, dtype=np.float32)
     voxel_size = tuple(float(v) for v in image.header.get_zooms()[:3])

@@ -180,9 +180,9 @@ def test_ctrl_c_in_the_command_exits_130_without_outputs(head_2mm, tmp_path, mon
     assert not (tmp_path / "chi.nii.gz").exists()
 
 
-def test_real_scan_runs_with_rescaled_phase(shared_data, tmp_path, capsys):
+def test_real_scan_runs_with_rescaled_phase(test_data, tmp_path, capsys):
     """romeo-small: scaled 12-bit phase, no ground truth; finite maps and no 2 pi jumps."""
-    folder = shared_data / "romeo-small"
+    folder = test_data / "romeo-small"
     out = tmp_path / "romeo"
     status = main(["run", "--mag", str(folder / "Mag.nii.gz"), "--phase", str(folder / "Phase.nii.gz"),
                    "--te", "0.004", "0.008", "0.012", "--b0", "3", "--bgremove", "pdf", "--out", str(out)])

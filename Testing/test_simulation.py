@@ -12,7 +12,7 @@ from qsmlib.bgremove import vsharp
 from qsmlib.errors import QSMInputError
 from qsmlib.simulation import load_head_phantom, simulate_gre, susceptibility_map
 
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "head-phantom"
+SOURCE = Path(__file__).resolve().parent / "data" / "head-phantom"
 DEEP_GREY_MATTER = (1, 2, 3, 4, 5, 6, 7)
 AIR = 14
 TE_S = (0.004, 0.012, 0.020, 0.028)

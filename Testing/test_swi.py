@@ -239,9 +239,9 @@ def test_calcification_darkens_only_with_the_positive_mask(head):
 
 # --- The real scan -------------------------------------------------------------------------------
 
-def test_swi_on_the_real_scan_is_finite_inside_the_mask(shared_data):
+def test_swi_on_the_real_scan_is_finite_inside_the_mask(test_data):
     folder, te = ROMEO
-    data = load_multi_echo([shared_data / folder / "Mag.nii.gz"], [shared_data / folder / "Phase.nii.gz"],
+    data = load_multi_echo([test_data / folder / "Mag.nii.gz"], [test_data / folder / "Phase.nii.gz"],
                            te, 3.0)
     assert "radians" not in data.phase_scaling["detected"]          # scanner units, rescaled
     pi = np.float32(np.pi)  # [-pi, pi) in the float32 of the phase (wrap_to_pi's contract)

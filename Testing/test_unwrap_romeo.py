@@ -245,8 +245,8 @@ def test_simulated_head_temporal_unwrapping_is_exact_in_every_echo(head):
     assert np.count_nonzero(turn_errors(ratio[..., -1], truth, brain)) == 0
 
 
-def test_real_multi_echo_phase_is_linear_in_time(shared_data):
-    folder = shared_data / "romeo-small"
+def test_real_multi_echo_phase_is_linear_in_time(test_data):
+    folder = test_data / "romeo-small"
     te = np.array([0.004, 0.008, 0.012])   # the ROMEO.jl test settings (not in the files)
     data = load_multi_echo([folder / "Mag.nii.gz"], [folder / "Phase.nii.gz"], te, 3.0)
     first = data.magnitude[..., 0]
@@ -305,13 +305,13 @@ def test_bad_input_is_refused():
         unwrap_echoes_temporal(phase4d, [0.004, 0.008, 0.012], magnitude=np.ones((8, 8, 8, 2)))
 
 
-def test_unwrap_command_writes_echoes_linear_in_time_on_the_real_scan(shared_data, tmp_path, capsys):
+def test_unwrap_command_writes_echoes_linear_in_time_on_the_real_scan(test_data, tmp_path, capsys):
     import nibabel as nib
 
     from qsmlib.cli import main
     from qsmlib.io import load_multi_echo
 
-    folder = shared_data / "romeo-small"
+    folder = test_data / "romeo-small"
     te = [0.004, 0.008, 0.012]
     args = ["unwrap", "--mag", str(folder / "Mag.nii.gz"), "--phase", str(folder / "Phase.nii.gz"),
             "--te", *map(str, te), "--out", str(tmp_path / "out")]
