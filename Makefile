@@ -4,7 +4,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+# `make test` also runs the library's tests on the Python stacks that 3D Slicer bundles
+# (Python, numpy, scipy and pydicom exactly as Slicer pins them), one venv per release:
+# .venv-slicer-5.8/ from QSMLib/requirements-slicer-5.8.lock, and so on. Slicer 5.6 and 5.8
+# bundle Python 3.9, Slicer 5.10 and 5.12 Python 3.12; the newest pyenv build of each is
+# taken unless PYTHON3_9 / PYTHON3_12 name an interpreter.
+SLICER_STACKS := 5.6 5.8 5.10 5.12
+PYENV_ROOT    ?= $(HOME)/.pyenv
+find_python    = $(or $(shell ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1),$(shell command -v python$(1)))
+PYTHON3_9     ?= $(call find_python,3.9)
+PYTHON3_12    ?= $(call find_python,3.12)
+SLICER_PYTHON_VERSION_5.6  := 3.9
+SLICER_PYTHON_VERSION_5.8  := 3.9
+SLICER_PYTHON_VERSION_5.10 := 3.12
+SLICER_PYTHON_VERSION_5.12 := 3.12
+# The Slicer modules' tests need slicer-core (Python >= 3.10, not Slicer's numpy); the main suite runs them.
+SLICER_STACK_PYTEST_ARGS ?= --ignore-glob='Testing/test_slicer_*'
+
+.PHONY: demo test test-main test-slicer-stacks $(SLICER_STACKS:%=test-slicer-%) bench clean
 
 $(STAMP): QSMLib/pyproject.toml QSMLib/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +32,42 @@ $(STAMP): QSMLib/pyproject.toml QSMLib/requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/qsm demo --out demo-output --force
 
-test: $(STAMP)
+test: test-main test-slicer-stacks
+
+test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest Testing
+
+test-slicer-stacks: $(SLICER_STACKS:%=test-slicer-%)
+
+$(SLICER_STACKS:%=test-slicer-%): test-slicer-%: .venv-slicer-%/.installed-stamp
+	@.venv-slicer-$*/bin/python -c 'import platform, numpy, scipy, pydicom; print("== library tests on the stack of Slicer $*: Python", \
+	  platform.python_version(), "numpy", numpy.__version__, "scipy", scipy.__version__, "pydicom", pydicom.__version__)'
+	.venv-slicer-$*/bin/python -m pytest $(SLICER_STACK_PYTEST_ARGS) Testing
+
+# In the recipes below, $* is the Slicer release: its Python version, and the variable naming its interpreter.
+stack_py_version = $(SLICER_PYTHON_VERSION_$*)
+stack_py_var     = PYTHON$(subst .,_,$(stack_py_version))
+
+.PRECIOUS: .venv-slicer-%/.installed-stamp
+.venv-slicer-%/.installed-stamp: QSMLib/pyproject.toml QSMLib/requirements-slicer-%.lock
+	@python="$($(stack_py_var))"; \
+	if [ -z "$$python" ]; then \
+	  echo "make: Slicer $* bundles Python $(stack_py_version), and none was found: looked for" \
+	       "$(PYENV_ROOT)/versions/$(stack_py_version).*/bin/python$(stack_py_version) and python$(stack_py_version) on PATH." \
+	       "Install it (pyenv install $(stack_py_version)) or name it: make $(stack_py_var)=/path/to/python$(stack_py_version)" >&2; \
+	  exit 1; \
+	fi; \
+	if [ "$$("$$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != $(stack_py_version) ]; then \
+	  echo "make: $(stack_py_var)=$$python is not a working Python $(stack_py_version), which Slicer $* bundles" >&2; \
+	  exit 1; \
+	fi; \
+	echo "$$python -m venv --clear .venv-slicer-$*"; "$$python" -m venv --clear .venv-slicer-$*
+	.venv-slicer-$*/bin/python -m pip install --quiet --disable-pip-version-check -r QSMLib/requirements-slicer-$*.lock
+	.venv-slicer-$*/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e QSMLib
+	touch $@
 
 bench: $(STAMP)
 	$(VENV)/bin/python Testing/benchmarks/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(SLICER_STACKS:%=.venv-slicer-%) demo-output
