@@ -19,9 +19,10 @@ the field at every voxel centre is the exact sum of the fields of all cuboids:
   medium beyond the grid is the zero of ``chi``.
 
 Beyond :data:`NEAR_FIELD_VOXELS` voxels the cuboid's field equals the point
-dipole's to better than 1e-4 of the latter for cubic voxels (the quadrupole
-term vanishes by symmetry); the kernel uses the exact formula inside that
-distance and the point dipole outside.
+dipole's to about 1e-5 of the local dipole amplitude for cubic voxels (the
+quadrupole term vanishes by symmetry; for elongated voxels it does not, and
+the error at that distance is of order (edge / distance)^2); the kernel uses
+the exact formula inside that distance and the point dipole outside.
 
 References
 ----------

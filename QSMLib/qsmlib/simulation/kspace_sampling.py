@@ -97,7 +97,8 @@ def _resample_axis(data, axis, n_out):
     spectrum = sfft.fft(data, axis=axis, workers=fft_workers())
     n_min = min(n_in, n_out)
     half = n_min // 2
-    freqs = np.arange(-half, half + 1) if n_min % 2 == 0 else np.arange(-half, half + 1)
+    # Odd n_min: the symmetric band -half..half. Even: -half..half too, the two ends at half weight.
+    freqs = np.arange(-half, half + 1)
     weights = np.ones(freqs.size)
     if n_min % 2 == 0:
         weights[0] = weights[-1] = 0.5
