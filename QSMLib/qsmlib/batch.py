@@ -43,6 +43,7 @@ import numpy as np
 
 from . import __version__
 from .errors import QSMInputError
+from .io.output import bids_label, check_name, check_outside_raw_bids, is_within, resolve_output_folder
 
 log = logging.getLogger("qsmlib")
 
@@ -115,7 +116,7 @@ def discover_subjects(bids_dir, participant_labels=None):
         raise QSMInputError(f"{bids_dir}: not a folder; give the root of a BIDS dataset")
     subjects = sorted(p.name[4:] for p in root.glob("sub-*") if p.is_dir())
     if participant_labels:
-        wanted = [s[4:] if s.startswith("sub-") else s for s in participant_labels]
+        wanted = [bids_label(s, "--participant-label", "sub-") for s in participant_labels]
         missing = [s for s in wanted if s not in subjects]
         if missing:
             raise QSMInputError(f"--participant-label {' '.join(missing)}: no such subject in {bids_dir} "
@@ -303,11 +304,18 @@ def _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, 
 
 def _commit(out_dir, job, moves):
     """Rename files into place; the old sidecar goes first and the new one last."""
+    root = os.path.realpath(out_dir)
+    targets = []
+    for src, relative in moves:
+        target = os.path.join(root, check_name(relative))
+        if not is_within(os.path.realpath(os.path.dirname(target)), root) or os.path.islink(target):
+            raise QSMInputError(f"{out_dir}: {relative} would be written outside it (a symbolic link?); "
+                                "remove the link")
+        targets.append((src, Path(target)))
     old_sidecar = Path(out_dir) / job.anat(SIDECAR_SUFFIX)
     if old_sidecar.exists():
         old_sidecar.unlink()
-    for src, relative in moves:
-        target = Path(out_dir) / relative
+    for src, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, target)
 
@@ -671,10 +679,8 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
 
     started = datetime.now(timezone.utc)
     bids_dir = os.path.abspath(os.fspath(bids_dir))
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.commonpath([bids_dir, out_dir]) == out_dir:
-        raise QSMInputError(f"--out {out_dir}: contains the BIDS dataset; choose a folder outside it "
-                            "(for example BIDS_DIR/derivatives/qsm)")
+    out_dir = resolve_output_folder(out_dir)
+    check_outside_raw_bids(out_dir, bids_dir, allow_parent=False)
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise QSMInputError("--workers and --threads-per-worker must be 1 or more")
     config = (config or PipelineConfig()).validate()

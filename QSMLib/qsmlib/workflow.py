@@ -18,7 +18,7 @@ from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import QSMInputError
 from .inversion import cosmos
-from .io import (OutputDirectory, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
+from .io import (OutputDirectory, bids_label, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
 from .metrics import hfen, nrmse, region_errors, ssim, xsim
 from .pipeline import (INVERSION_METHODS, PipelineConfig, StageRecorder, method_parameters, reconstruct,
@@ -39,6 +39,18 @@ def resolve_b0_dir(affine, override=None):
     if override is not None:
         return as_b0_dir(override, name="--b0-dir"), "given (--b0-dir)"
     return b0_direction_from_affine(affine), "image affine"
+
+
+def _flatten(groups):
+    """Every path of ``groups`` (lists, single paths or None), for the output guard's ``inputs``."""
+    paths = []
+    for group in groups:
+        if group is None:
+            continue
+        if isinstance(group, (str, bytes, os.PathLike)):
+            group = [group]
+        paths += [p for p in group if p is not None]
+    return paths
 
 
 def _write_json(path, data):
@@ -99,7 +111,9 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
     config = (config or PipelineConfig()).validate()
     also = _check_also(also, also_options, total_field_file, local_field_file)
     names = list(RUN_OUTPUTS) + [name for extra in also for name in ALSO_OUTPUTS[extra]]
-    with OutputDirectory(out_dir, names, force=force) as stage:
+    inputs = [magnitude_files, phase_files, [mask_file, reference_mask_file, total_field_file, local_field_file],
+              dicom_dir]
+    with OutputDirectory(out_dir, names, force=force, inputs=_flatten(inputs), bids_dir=bids_dir) as stage:
         loaded = {}
         result = _run_into(stage, "", magnitude_files=magnitude_files, phase_files=phase_files,
                            te_s=te_s, b0_t=b0_t, bids_dir=bids_dir, subject=subject, session=session,
@@ -199,7 +213,7 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
     config = PipelineConfig(inversion=method, reference="none",
                             options={method: dict(options or {})} if method in INVERSION_METHODS else {})
     direction, source = resolve_b0_dir(affine, b0_dir)
-    with OutputDirectory(out_dir, [name], force=force) as stage:
+    with OutputDirectory(out_dir, [name], force=force, inputs=[local_field_file, mask_file]) as stage:
         result = reconstruct(local_field_hz=field_hz, mask=mask, b0_t=b0, voxel_size=voxel_size_from_affine(affine),
                              b0_dir=direction, config=config, progress=progress)
         save_nifti(stage.path(name), result.chi_ppm, affine, description="susceptibility (ppm)")
@@ -245,7 +259,7 @@ def run_cosmos(field_files, out_file, *, unit, mask_file, b0_dirs, b0_t=None, op
             progress("cosmos", min(iteration / max_iter, 0.99))
 
     out_dir, name = os.path.split(os.path.abspath(out_file))
-    with OutputDirectory(out_dir, [name], force=force) as stage:
+    with OutputDirectory(out_dir, [name], force=force, inputs=list(field_files) + [mask_file]) as stage:
         chi = cosmos(fields, mask, voxel_size_from_affine(affine), b0_dirs=[as_b0_dir(d) for d in b0_dirs],
                      callback=callback, **options)
         chi, _offset = reference_whole_brain(chi, mask)
@@ -297,6 +311,7 @@ def simulate_dataset(out_dir, *, voxel_size_mm=1.0, b0_t=3.0, te_s=None, snr=100
     """
     from .simulation import load_fine_head_model, load_head_phantom, simulate_gre, simulate_realistic_gre
 
+    subject = bids_label(subject, "--subject", "sub-")
     kwargs = {} if te_s is None else {"te_s": te_s}
     names = megre_names(subject, len(te_s) if te_s is not None else 5) + truth_names(subject)
     if realistic:
@@ -481,7 +496,8 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
         raise QSMInputError(f"--phase-convention {phase_convention}: choose one of {', '.join(PHASE_CONVENTIONS)}")
     func = swi if highpass == "homodyne" else swi_from_field
     options = _check_function_options(func, options, f"SWI ({highpass})")
-    with OutputDirectory(out_dir, SWI_OUTPUTS, force=force) as stage:
+    with OutputDirectory(out_dir, SWI_OUTPUTS, force=force, inputs=_flatten([magnitude_files, phase_files, [mask_file]]),
+                         bids_dir=bids_dir) as stage:
         start = time.perf_counter()
         data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
                                      b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
@@ -532,7 +548,8 @@ def run_unwrap(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0
     """
     from .unwrap import unwrap_echoes_temporal
 
-    with OutputDirectory(out_dir, UNWRAP_OUTPUTS, force=force) as stage:
+    with OutputDirectory(out_dir, UNWRAP_OUTPUTS, force=force,
+                         inputs=_flatten([magnitude_files, phase_files, [mask_file]]), bids_dir=bids_dir) as stage:
         start = time.perf_counter()
         data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
                                      b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
@@ -570,7 +587,8 @@ def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subje
     if method not in R2STAR_METHODS:
         raise QSMInputError(f"--method {method}: choose one of {', '.join(R2STAR_METHODS)}")
     floor_snr = DEFAULT_FLOOR_SNR if floor_snr is None else floor_snr
-    with OutputDirectory(out_dir, R2STAR_OUTPUTS, force=force) as stage:
+    with OutputDirectory(out_dir, R2STAR_OUTPUTS, force=force, inputs=_flatten([magnitude_files, [mask_file]]),
+                         bids_dir=bids_dir) as stage:
         start = time.perf_counter()
         magnitude, te, affine, sources = load_magnitude_inputs(
             magnitude_files=magnitude_files, te_s=te_s, bids_dir=bids_dir, subject=subject, session=session)
@@ -712,13 +730,14 @@ def dicom_to_bids(dicom_dir, out_dir, *, subject="01", session=None, te_s=None, 
     """
     from .io.dicom import load_dicom
 
-    if not subject or not subject.isalnum():
-        raise QSMInputError(f"--subject {subject!r}: give letters and digits only (the BIDS label)")
+    subject = bids_label(subject, "--subject", "sub-")
+    session = None if session is None else bids_label(session, "--session", "ses-")
+    OutputDirectory(out_dir, megre_names(subject, 1, session), force=force, inputs=_flatten([dicom_dir]))
     data = load_dicom(dicom_dir, te_s=te_s, b0_t=b0_t)
     log.info("DICOM: %s", "; ".join(data.sources["dicom_series"]))
     log.info("phase: %s", data.phase_scaling["detected"])
     names = megre_names(subject, data.magnitude.shape[3], session)
-    with OutputDirectory(out_dir, names, force=force) as stage:
+    with OutputDirectory(out_dir, names, force=force, inputs=_flatten([dicom_dir])) as stage:
         write_megre(stage.path, subject, data.magnitude, data.phase, data.te_s, data.b0_t, data.affine,
                     session=session, dataset_name="QSMLib conversion of DICOM")
     return data
@@ -735,13 +754,15 @@ def export_dicom(chi_file, reference_dir, out_dir, *, series_description="QSM su
     from .io.dicom import collect_series
     from .io.dicom_export import series_file_names, write_qsm_series
 
+    inputs = _flatten([[chi_file], reference_dir])
+    OutputDirectory(out_dir, [], force=force, inputs=inputs)
     chi, affine = load_field(chi_file)
     reference = collect_series(reference_dir, require_parts=False)
     shape = reference.shape
     if chi.shape != shape:
         raise QSMInputError(f"{chi_file}: shape {chi.shape} differs from the reference series grid {shape}; "
                             "export only maps computed from that series")
-    with OutputDirectory(out_dir, series_file_names(shape[2]), force=force) as stage:
+    with OutputDirectory(out_dir, series_file_names(shape[2]), force=force, inputs=inputs) as stage:
         written = write_qsm_series(stage.path, chi, affine, reference, series_description=series_description)
     log.info("DICOM series %s: %d slices, %g ppm per stored unit", written["series_instance_uid"],
              len(written["names"]), written["rescale_slope"])

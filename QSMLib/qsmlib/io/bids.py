@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import QSMInputError
 from .nifti import save_nifti
+from .output import bids_label
 
 _MEGRE = re.compile(r"^(?P<stem>sub-[^_]+.*?)_echo-(?P<echo>\d+)_part-(?P<part>mag|phase)_MEGRE\.nii(\.gz)?$")
 
@@ -47,12 +48,12 @@ def find_megre(bids_dir, subject=None, session=None):
             raise QSMInputError(f"{bids_dir}: holds {len(subjects)} subjects ({', '.join(subjects[:5])}"
                                 f"{' ...' if len(subjects) > 5 else ''}); choose one with --subject")
         subject = subjects[0]
-    subject = subject[4:] if subject.startswith("sub-") else subject
+    subject = bids_label(subject, "--subject", "sub-")
     if subject not in subjects:
         raise QSMInputError(f"{bids_dir}: no subject sub-{subject}; it holds {', '.join(subjects[:5])}")
     folder = root / f"sub-{subject}"
     if session is not None:
-        session = session[4:] if session.startswith("ses-") else session
+        session = bids_label(session, "--session", "ses-")
         folder = folder / f"ses-{session}"
     series = {}
     for path in sorted(folder.rglob("*_MEGRE.nii*")):

@@ -4,8 +4,9 @@ nibabel is imported when a file is read or written, so that the rest of
 QSMLib imports without it (3D Slicer does not ship nibabel).
 """
 
+import errno
 import os
-import tempfile
+import secrets
 import zlib
 
 import numpy as np
@@ -60,8 +61,7 @@ def save_nifti(path, data, affine, *, dtype=np.float32, description=None):
         image.header["descrip"] = description[:79].encode()
     directory = os.path.dirname(os.path.abspath(path))
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
+    tmp = _new_private_name(directory, suffix)
     try:
         nib.save(image, tmp)
         os.replace(tmp, path)
@@ -69,3 +69,19 @@ def save_nifti(path, data, affine, *, dtype=np.float32, description=None):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _new_private_name(directory, suffix):
+    """Create an empty temporary file in ``directory`` and return its path.
+
+    Unlike :func:`tempfile.mkstemp` (always mode 0600), the file gets the mode
+    that the umask gives new files, like every other output.
+    """
+    for _attempt in range(100):
+        path = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", directory)
