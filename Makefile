@@ -21,7 +21,7 @@ SLICER_PYTHON_VERSION_5.12 := 3.12
 # The Slicer modules' tests need slicer-core (Python >= 3.10, not Slicer's numpy); the main suite runs them.
 SLICER_STACK_PYTEST_ARGS ?= --ignore-glob='Testing/test_slicer_*'
 
-.PHONY: demo test test-main test-slicer-stacks $(SLICER_STACKS:%=test-slicer-%) bench clean
+.PHONY: demo test test-main test-slicer-stacks slicer-check $(SLICER_STACKS:%=test-slicer-%) bench clean
 
 $(STAMP): QSMLib/pyproject.toml QSMLib/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,17 @@ stack_py_var     = PYTHON$(subst .,_,$(stack_py_version))
 	.venv-slicer-$*/bin/python -m pip install --quiet --disable-pip-version-check -r QSMLib/requirements-slicer-$*.lock
 	.venv-slicer-$*/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e QSMLib
 	touch $@
+
+# The Slicer modules' tests on Slicer's own Python layer of every supported release,
+# read from a git clone of Slicer with its tags (README, "How the modules are tested").
+SLICER_SOURCE ?=
+slicer-check: $(STAMP)
+	@if [ -z "$(SLICER_SOURCE)" ]; then \
+	  echo "make slicer-check: give a git clone of Slicer with its release tags," \
+	       "e.g. git clone https://github.com/Slicer/Slicer.git ../Slicer && make slicer-check SLICER_SOURCE=../Slicer" >&2; \
+	  exit 2; \
+	fi
+	$(VENV)/bin/python Testing/slicer_check.py --slicer-source "$(SLICER_SOURCE)"
 
 bench: $(STAMP)
 	$(VENV)/bin/python Testing/benchmarks/bench_pipeline.py
