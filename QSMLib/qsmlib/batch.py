@@ -43,7 +43,9 @@ import numpy as np
 
 from . import __version__
 from .errors import QSMInputError
-from .io.output import bids_label, check_name, check_outside_raw_bids, is_within, resolve_output_folder
+from .io.lock import FolderLock, describe_holder
+from .io.output import (bids_label, check_name, check_outside_raw_bids, is_within, remove_dead_partials,
+                        resolve_output_folder)
 
 log = logging.getLogger("qsmlib")
 
@@ -66,6 +68,8 @@ WORKER_OVERHEAD_BYTES = 300 * 2 ** 20
 #: Calibrated on the 1 mm simulated head (164x205x205, 5 echoes).
 BYTES_PER_VOXEL = 120
 BYTES_PER_VOXEL_ECHO = 24
+#: Temporary files of :func:`_atomic_write_text` (``.NAME.PID.tmp``).
+_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
 JOBQUEUE_SCHEDULERS = ("slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
 
 
@@ -672,15 +676,71 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
     -------
     dict
         The batch report (also written to ``out_dir/batch_report.json``).
+
+    Notes
+    -----
+    The batch holds ``out_dir``'s lock (:class:`~qsmlib.io.lock.FolderLock`) from start
+    to end: a second batch, or a ``qsm run``, into the same folder is refused,
+    naming this one. On taking the lock, the work and staging folders of killed
+    runs are removed.
     """
+    out_real = resolve_output_folder(out_dir)
+    check_outside_raw_bids(out_real, bids_dir, allow_parent=False)
+    created = not os.path.isdir(out_real)
+    try:
+        os.makedirs(out_real, exist_ok=True)
+        lock = FolderLock(out_real).acquire()
+    except OSError as exc:
+        raise QSMInputError(f"--out {out_dir}: cannot write there ({exc.strerror or exc}); choose a folder "
+                            "you can write to") from None
+    except QSMInputError:
+        if created:
+            os.rmdir(out_real)
+        raise
+    try:
+        if lock.stale:
+            log.warning("%s: took over the lock of a batch that no longer runs (%s)", out_dir,
+                        describe_holder(lock.stale))
+        remove_dead_work(out_real)
+        return _run_batch_locked(bids_dir, out_real, participant_labels=participant_labels, scheduler=scheduler,
+                                 workers=workers, threads_per_worker=threads_per_worker,
+                                 labels_pattern=labels_pattern, force=force, mask_file=mask_file, config=config,
+                                 b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
+                                 reference_mask_file=reference_mask_file, progress=progress)
+    except BaseException:
+        lock.release()
+        if created:  # refused before writing anything: leave no empty folder behind
+            try:
+                os.rmdir(out_real)
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
+
+
+def remove_dead_work(out_dir):
+    """Remove what killed batches left in ``out_dir``: work folders, staging folders, temporary files.
+
+    Call only while holding ``out_dir``'s lock, when no other batch can be using them.
+    """
+    shutil.rmtree(Path(out_dir) / WORK_FOLDER, ignore_errors=True)
+    remove_dead_partials(out_dir)
+    for entry in os.scandir(out_dir):
+        if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+            os.remove(entry.path)
+
+
+def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
+                      threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
+                      b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None):
+    """:func:`run_batch` once it holds the output folder's lock."""
     from distributed import as_completed
 
     from .pipeline import PipelineConfig
 
     started = datetime.now(timezone.utc)
     bids_dir = os.path.abspath(os.fspath(bids_dir))
-    out_dir = resolve_output_folder(out_dir)
-    check_outside_raw_bids(out_dir, bids_dir, allow_parent=False)
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise QSMInputError("--workers and --threads-per-worker must be 1 or more")
     config = (config or PipelineConfig()).validate()
@@ -749,7 +809,7 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
         finally:
             cluster.close()
             try:
-                os.rmdir(Path(out_dir) / WORK_FOLDER)  # only when empty: another batch may be using it
+                os.rmdir(Path(out_dir) / WORK_FOLDER)  # empty by now: every subject removes its own
             except OSError:
                 pass
     order = {job.key: n for n, job in enumerate(jobs)}

@@ -2,13 +2,17 @@
 
 Built as ``_get_parser()`` plus ``main(argv=None)`` so that it can be tested
 in-process. Bad input ends with a one-line message and exit status 2; Ctrl-C
-ends with exit status 130; neither leaves partial outputs.
+ends with exit status 130, SIGTERM and SIGHUP with 143 and 129; none leaves
+partial outputs.
 """
 
 import argparse
 import ast
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 
 from . import __version__
@@ -534,6 +538,40 @@ def _run_batch(args):
     return main_exit_status(report)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived (what Slurm and a closed terminal send): handled like Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _signals_stop_like_ctrl_c():
+    """While inside, SIGTERM and SIGHUP raise :class:`Stopped`, so staged outputs are removed as on Ctrl-C.
+
+    A second signal during the clean-up is ignored. Only the main thread can
+    install handlers; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+    def stop(signum, _frame):
+        for sig in wanted:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv=None):
     """Entry point of the ``qsm`` command; returns the exit status."""
     args = _get_parser().parse_args(argv)
@@ -544,10 +582,14 @@ def main(argv=None):
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     try:
-        status = _dispatch(args, ProgressPrinter(quiet=args.quiet))
+        with _signals_stop_like_ctrl_c():
+            status = _dispatch(args, ProgressPrinter(quiet=args.quiet))
     except QSMInputError as exc:
         print(f"qsm: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except Stopped as exc:
+        print(f"qsm: stopped by {exc.name}; no outputs were written", file=sys.stderr)
+        return 128 + exc.signum
     except (KeyboardInterrupt, Cancelled):
         print("qsm: cancelled; no outputs were written", file=sys.stderr)
         return EXIT_CANCELLED

@@ -9,16 +9,22 @@ Every file that a ``qsm`` command writes goes through this module:
 - an input is never overwritten, with or without ``--force``;
 - derivatives never go into the raw folders of the BIDS dataset they come from;
 - outputs are staged and moved into place only when the run succeeds
-  (:class:`OutputDirectory`).
+  (:class:`OutputDirectory`), while the run holds the folder's lock
+  (:class:`~qsmlib.io.lock.FolderLock`): a second run into the same folder is
+  refused, and staging folders of killed runs are removed.
 """
 
 import errno
+import logging
 import os
 import re
 import shutil
 import tempfile
 
 from ..errors import QSMInputError
+from .lock import FolderLock, describe_holder
+
+log = logging.getLogger("qsmlib")
 
 #: A BIDS label: letters and digits only (BIDS specification, "Entities").
 BIDS_LABEL = re.compile(r"[0-9A-Za-z]+\Z")
@@ -149,7 +155,9 @@ class OutputDirectory:
     ``stage.path(relative_name)``, for a name declared in ``names``. On a clean
     exit each file is renamed into ``out_dir`` (an atomic rename per file); on
     an exception, a Ctrl-C or a cancellation the staging folder is removed and
-    ``out_dir`` is left as it was.
+    ``out_dir`` is left as it was. From entering to leaving, the run holds the
+    folder's lock: another run into the same folder is refused, naming this
+    one; staging folders left by killed runs are removed on entering.
 
     Every check happens when the object is made, before anything is computed:
     ``out_dir`` is resolved (symbolic links included) and each declared name
@@ -199,6 +207,7 @@ class OutputDirectory:
         self._refuse_existing()
         self._created = None
         self._staging = None
+        self._lock = None
 
     def _target(self, name):
         """The real path that ``name`` would be written to, checked to stay inside the folder."""
@@ -242,7 +251,6 @@ class OutputDirectory:
         return target
 
     def __enter__(self):
-        self._refuse_existing()
         try:
             if not os.path.isdir(self.out_dir):
                 top = self.out_dir
@@ -250,12 +258,35 @@ class OutputDirectory:
                     top = os.path.dirname(top)
                 self._created = top
                 os.makedirs(self.out_dir)
-            self._staging = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out_dir)
+            self._lock = FolderLock(self.out_dir).acquire()
         except OSError as exc:
             self._remove_created()
             raise QSMInputError(f"{self.option} {self.given}: cannot write there ({exc.strerror or exc}); "
                                 "choose a folder you can write to") from None
+        except BaseException:
+            self._remove_created()
+            raise
+        try:
+            if self._lock.stale:
+                log.warning("%s: took over the lock of a run that no longer runs (%s)", self.given,
+                            describe_holder(self._lock.stale))
+            remove_dead_partials(self.out_dir)
+            self._refuse_existing()  # again, now that no other run can write here
+            self._staging = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out_dir)
+        except OSError as exc:
+            self._release()
+            raise QSMInputError(f"{self.option} {self.given}: cannot write there ({exc.strerror or exc}); "
+                                "choose a folder you can write to") from None
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def _release(self):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._remove_created()
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -287,6 +318,9 @@ class OutputDirectory:
 
     def _cleanup(self, *, failed):
         shutil.rmtree(self._staging, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         if failed:
             self._remove_created()
 
@@ -304,6 +338,27 @@ class OutputDirectory:
         for src, _name, dst in moves:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             os.replace(src, dst)
+
+
+def remove_dead_partials(folder):
+    """Remove the staging folders (``.qsm-partial-*``) that killed runs left in ``folder``.
+
+    Call only while holding the folder's :class:`~qsmlib.io.lock.FolderLock`:
+    then no live run is staging there, so every such folder is a dead run's.
+
+    Returns
+    -------
+    list of str
+        The names removed.
+    """
+    removed = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(PARTIAL_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        log.info("%s: removed %d staging folder(s) left by killed runs", folder, len(removed))
+    return removed
 
 
 def _inode(path):
