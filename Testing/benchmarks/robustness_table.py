@@ -45,7 +45,7 @@ TE_3T_S = (0.004, 0.010, 0.016, 0.022, 0.028)
 TE_7T_S = (0.003, 0.007, 0.011, 0.015, 0.019)
 TILT_20_DEG = (0.0, float(np.sin(np.deg2rad(20.0))), float(np.cos(np.deg2rad(20.0))))
 DGM_LABELS = {1: "caudate", 2: "GP", 3: "Putamen", 4: "RN", 5: "DN", 6: "SNandSTN", 7: "Thalamus"}
-TKD_THRESHOLDS = (0.06, 0.08, 0.10, 0.12, 0.15, 0.19, 0.24, 0.30)
+TKD_THRESHOLDS = (0.06, 0.08, 0.10, 0.12, 0.15, 0.19, 0.24, 0.30, 0.36, 0.45)
 
 BASE = {"voxel_size_mm": 1.0, "b0_t": 3.0, "te_s": TE_3T_S, "snr": 100.0, "b0_dir": (0.0, 0.0, 1.0),
         "wm_anisotropy": False}
