@@ -40,8 +40,9 @@ test-main: $(STAMP)
 test-slicer-stacks: $(SLICER_STACKS:%=test-slicer-%)
 
 $(SLICER_STACKS:%=test-slicer-%): test-slicer-%: .venv-slicer-%/.installed-stamp
-	@.venv-slicer-$*/bin/python -c 'import platform, numpy, scipy, pydicom; print("== library tests on the stack of Slicer $*: Python", \
-	  platform.python_version(), "numpy", numpy.__version__, "scipy", scipy.__version__, "pydicom", pydicom.__version__)'
+	@.venv-slicer-$*/bin/python -c 'import platform; from importlib.metadata import version; \
+	  print("== library tests on the stack of Slicer $*: Python", platform.python_version(), \
+	        *("%s %s" % (name, version(name)) for name in ("numpy", "scipy", "pydicom")))'
 	.venv-slicer-$*/bin/python -m pytest $(SLICER_STACK_PYTEST_ARGS) Testing
 
 # In the recipes below, $* is the Slicer release: its Python version, and the variable naming its interpreter.
