@@ -72,6 +72,10 @@ def test_bids_run_meets_the_consensus_targets_at_1mm(tmp_path, capsys):
     assert all(stage["time_s"] >= 0 for stage in provenance["stages"])
     inversion = [s for s in provenance["stages"] if s["stage"] == "dipole inversion"][0]
     assert inversion["method"] == "tv-admm" and 0 < inversion["iterations"] <= inversion["parameters"]["max_iter"]
+    # the TV weight was chosen from the echo fit's noise, and recorded with its inputs
+    auto = inversion["auto_regularisation"]
+    assert auto["noise_source"].startswith("multi-echo fit") and auto["noise_sd_ppm"] > 0
+    assert inversion["parameters"]["lam"] == auto["value"] and inversion["regularisation_source"]["lam"] == "automatic"
 
 
 def test_demo_writes_maps_and_a_report_that_match_the_files(tmp_path, capsys):
@@ -109,8 +113,9 @@ def test_oblique_acquisition_uses_b0_from_the_affine(head_2mm):
 def test_every_entry_stage_gives_the_same_inversion(head_2mm):
     _phantom, sim = head_2mm
     # V-SHARP: unweighted, so a total field given as a file carries everything it uses (PDF and the
-    # nonlinear inversions also use the echo fit's noise map, which only the multi-echo entry has)
-    config = pipeline.PipelineConfig(bgremove="vsharp")
+    # nonlinear inversions also use the echo fit's noise map, which only the multi-echo entry has);
+    # the TV weight's noise is given, since by default each entry measures it its own way
+    config = pipeline.PipelineConfig(bgremove="vsharp", options={"tv-admm": {"noise_sd_ppm": 0.002}})
     full = _reconstruct(sim, mask=sim.brain_mask, config=config)
     from_total = reconstruct(total_field_hz=full.total_field_hz, mask=sim.brain_mask, b0_t=sim.b0_t,
                              voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
@@ -120,7 +125,8 @@ def test_every_entry_stage_gives_the_same_inversion(head_2mm):
     np.testing.assert_allclose(from_local.chi_ppm, full.chi_ppm, atol=1e-5)
     assert [s["stage"] for s in from_local.provenance["stages"]] == ["mask", "dipole inversion", "referencing"]
     # the local-field entry is exactly tv_admm plus whole-brain referencing
-    direct = tv_admm(full.local_field_hz / hz_per_ppm(sim.b0_t), full.mask, sim.voxel_size_mm, b0_dir=sim.b0_dir)
+    direct = tv_admm(full.local_field_hz / hz_per_ppm(sim.b0_t), full.mask, sim.voxel_size_mm, b0_dir=sim.b0_dir,
+                     lam="auto", noise_sd_ppm=0.002)
     direct = np.where(full.mask, direct - direct[full.mask].mean(), 0)
     np.testing.assert_allclose(from_local.chi_ppm, direct, atol=1e-5)
     # unwrapped phase given as such skips unwrapping and gives the same field

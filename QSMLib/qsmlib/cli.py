@@ -162,7 +162,9 @@ def _get_parser():
                      help="a method option, e.g. tv-admm.lam=2e-4")
     inv.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
                      help="B0 direction in voxel coordinates; default: from the affine")
-    inv.add_argument("--out", required=True, metavar="F", help="output susceptibility NIfTI (ppm)")
+    inv.add_argument("--out", required=True, metavar="F",
+                     help="output susceptibility NIfTI (ppm); the provenance (with the TV weight chosen from the "
+                          "field's noise) goes beside it as F with .json for .nii.gz")
     inv.add_argument("--force", action="store_true", help="overwrite an existing output")
 
     cos = sub.add_parser("cosmos", help="COSMOS: susceptibility from the local fields of 2+ head orientations")

@@ -28,6 +28,7 @@ from .errors import QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import (AUTO_PARAMETERS, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov, tkd, tsvd,
                         tv_admm)
+from .inversion.tv_weight import choose_tv_weight
 from .masking import brain_mask
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
 from .relaxometry import r2star_loglinear
@@ -120,8 +121,13 @@ class QSMResult:
     provenance: dict = field(default_factory=dict)
 
 
+#: Defaults of the pipeline that differ from the bare functions': weights chosen from the data
+#: (issue 12). The TV weight follows the measured noise (:mod:`qsmlib.inversion.tv_weight`).
+DATA_CHOSEN_DEFAULTS = {"tv-admm": {"lam": "auto"}}
+
+
 def method_parameters(func, options, name):
-    """Full keyword parameters of ``func``: its defaults updated with ``options``.
+    """Full keyword parameters of ``func``: its defaults (or :data:`DATA_CHOSEN_DEFAULTS`) updated with ``options``.
 
     Raises QSMInputError for an option the function does not take.
     """
@@ -132,6 +138,8 @@ def method_parameters(func, options, name):
     if unknown:
         raise QSMInputError(f"'{name}' has no option {', '.join(sorted(unknown))}; "
                             f"it takes {', '.join(sorted(keyword)) or 'no options'}")
+    if func is INVERSION_METHODS.get(name):
+        keyword.update(DATA_CHOSEN_DEFAULTS.get(name, {}))
     keyword.update(options)
     return keyword
 
@@ -390,6 +398,24 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             params = dict(params, **{auto_key: choice.value})
             record["parameters"][auto_key] = choice.value
             record["auto_regularisation"] = choice.as_record()
+        if config.inversion == "tv-admm" and isinstance(params.get("lam"), str) and params["lam"] == "auto":
+            # the TV weight from the measured noise: the echo fit's when there is one, else the field's own
+            source = None if params.get("noise_sd_ppm") is None else "given"
+            noise = params.get("noise_sd_ppm")
+            if noise is None and noise_sd_ppm is not None:
+                noise, source = noise_sd_ppm, "multi-echo fit (median field SD in the mask)"
+            lam, auto = choose_tv_weight(field_ppm, mask, voxel_size, noise_sd_ppm=noise, noise_source=source)
+            params = dict(params, lam=lam, noise_sd_ppm=auto["noise_sd_ppm"])
+            record["parameters"]["lam"] = lam
+            record["parameters"]["noise_sd_ppm"] = auto["noise_sd_ppm"]
+            record["auto_regularisation"] = auto
+        given = options.get(config.inversion, {})
+        weights = [k for k in ("lam", "threshold", "mu") if k in params]
+        if weights:
+            # where each regularisation weight came from, for every method (issue 12)
+            record["regularisation_source"] = {
+                k: ("automatic" if "auto_regularisation" in record and record["auto_regularisation"].get(
+                    "parameter") == k else "given" if k in given else "fixed default") for k in weights}
         if "csf_mask" in data:
             record["csf_volume_ml"] = round(float(data["csf_mask"].sum() * np.prod(voxel_size)) / 1000.0, 2)
         record["data_from_acquisition"] = sorted(k for k, v in data.items() if v is not None)

@@ -213,10 +213,18 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
     config = PipelineConfig(inversion=method, reference="none",
                             options={method: dict(options or {})} if method in INVERSION_METHODS else {})
     direction, source = resolve_b0_dir(affine, b0_dir)
-    with OutputDirectory(out_dir, [name], force=force, inputs=[local_field_file, mask_file]) as stage:
+    # the provenance (parameters, the automatically chosen weight and its inputs) as a sidecar
+    sidecar = (name[:-7] if name.endswith(".nii.gz") else os.path.splitext(name)[0]) + ".json"
+    with OutputDirectory(out_dir, [name, sidecar], force=force, inputs=[local_field_file, mask_file]) as stage:
         result = reconstruct(local_field_hz=field_hz, mask=mask, b0_t=b0, voxel_size=voxel_size_from_affine(affine),
                              b0_dir=direction, config=config, progress=progress)
         save_nifti(stage.path(name), result.chi_ppm, affine, description="susceptibility (ppm)")
+        provenance = dict(result.provenance, command=_command(), units={"chi": "ppm"},
+                          inputs={"local_field": os.path.abspath(str(local_field_file)), "unit": unit,
+                                  "mask": os.path.abspath(str(mask_file)), "b0_t": b0},
+                          detected={"b0_dir": list(direction), "b0_dir_source": source})
+        _write_json(stage.path(sidecar), provenance)
+        result.provenance = provenance
     log.info("B0 direction (%.3f, %.3f, %.3f) from the %s", *direction, source)
     return result
 

@@ -41,8 +41,11 @@ from ..errors import QSMInputError
 from ..validation import as_mask, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
+from .tv_weight import field_noise_sd, tv_weight_from_noise
 
-#: Default TV weight in ppm mm (field in ppm, gradient in ppm/mm). Published
+#: TV weight of the bare function in ppm mm (field in ppm, gradient in ppm/mm).
+#: The pipeline, ``qsm`` and Slicer default to ``lam="auto"`` instead (from the
+#: measured noise, :mod:`.tv_weight`). Published
 #: weights for ppm fields at about 1 mm run from 2.5e-4 (QSMxT's use of
 #: QSM.jl) to 1e-3 (QSM.jl's default), both with anisotropic TV, whose
 #: norm is 1 to 1.7 times the isotropic norm used here. On the 1 mm head
@@ -59,7 +62,7 @@ DEFAULT_TV_MAX_ITER = 100
 DEFAULT_TV_TOL = 5e-3
 
 
-def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAMBDA,
+def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAMBDA, noise_sd_ppm=None,
             rho=DEFAULT_TV_RHO, max_iter=DEFAULT_TV_MAX_ITER, tol=DEFAULT_TV_TOL, callback=None,
             pad_voxels=DEFAULT_PAD_VOXELS, free_exterior=True, data_mask=None):
     """Susceptibility by total-variation regularised inversion (ADMM).
@@ -78,10 +81,14 @@ def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAM
         per-voxel values of the literature.
     b0_dir : sequence of 3 float, optional
         B0 direction in voxel coordinates.
-    lam : float, optional
-        TV weight in ppm mm; larger is smoother and flatter. Scale it with the
-        noise of the field: about 1e-4 for very clean multi-echo fields,
-        5e-4 and more for noisy single-echo data.
+    lam : float or "auto", optional
+        TV weight in ppm mm; larger is smoother and flatter. ``"auto"`` (the
+        pipeline's default): from the field's noise SD by
+        :func:`~qsmlib.inversion.tv_weight.tv_weight_from_noise`.
+    noise_sd_ppm : float, optional
+        Typical noise SD of the field (ppm) for ``lam="auto"``, for example
+        the median of the echo fit's field SD. Default: measured from the
+        field itself (:func:`~qsmlib.inversion.tv_weight.field_noise_sd`).
     rho : float, optional
         ADMM penalty in mm^2. It sets the speed of convergence, not the
         solution: the first iterate is the closed-form gradient-L2 solution
@@ -136,6 +143,10 @@ def tv_admm(field_ppm, mask, voxel_size, *, b0_dir=(0, 0, 1), lam=DEFAULT_TV_LAM
        nonlinear susceptibility inversion with variational regularization.
        Magn Reson Med 2018;80:814-821.
     """
+    if isinstance(lam, str) and lam == "auto":
+        if noise_sd_ppm is None:
+            noise_sd_ppm = field_noise_sd(field_ppm, mask)
+        lam = tv_weight_from_noise(noise_sd_ppm, voxel_size)
     lam = check_number(lam, "lam", strict=True)
     rho = check_number(rho, "rho", strict=True)
     max_iter = check_count(max_iter, "max_iter")
