@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import string
 import sys
 import time
 import traceback
@@ -44,6 +45,8 @@ import numpy as np
 from . import __version__
 from .errors import QSMInputError
 from .io.lock import FolderLock, describe_holder
+from .memory import (BYTES_PER_VOXEL, BYTES_PER_VOXEL_ECHO, MEMORY_FRACTION, available_memory_bytes,  # noqa: F401
+                     nifti_header, run_bytes)
 from .io.output import (bids_label, check_name, check_outside_raw_bids, is_within, remove_dead_partials,
                         resolve_output_folder)
 
@@ -60,14 +63,8 @@ WORK_FOLDER = ".qsm-batch-work"
 EXIT_SOME_FAILED = 1
 #: Robust z-score (median / MAD) above which a subject is flagged as an outlier.
 OUTLIER_Z = 3.0
-#: Fraction of the available memory the cohort may use together.
-MEMORY_FRACTION = 0.8
 #: Memory of an idle Dask worker process with QSMLib imported (bytes).
 WORKER_OVERHEAD_BYTES = 300 * 2 ** 20
-#: Peak memory of one reconstruction per voxel: a fixed part plus a part per echo (bytes).
-#: Calibrated on the 1 mm simulated head (164x205x205, 5 echoes).
-BYTES_PER_VOXEL = 120
-BYTES_PER_VOXEL_ECHO = 24
 #: Temporary files of :func:`_atomic_write_text` (``.NAME.PID.tmp``).
 _TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
 JOBQUEUE_SCHEDULERS = ("slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
@@ -144,34 +141,25 @@ def discover_subjects(bids_dir, participant_labels=None):
 # --- memory ----------------------------------------------------------------------------------
 
 def estimate_task_bytes(bids_dir, job):
-    """Peak memory (bytes) of one reconstruction, from the image header shape and echo count."""
-    import nibabel as nib
+    """Peak memory (bytes) of one reconstruction, from the image header shape and echo count.
 
+    The header is checked against its file (:func:`qsmlib.memory.nifti_header`); no data is read.
+    """
     from .io import find_megre
 
     found = find_megre(bids_dir, subject=job.subject, session=job.session)
-    shape = nib.load(found["magnitude"][0]).shape
-    voxels = int(np.prod(shape[:3]))
-    echoes = len(found["te_s"])
-    return voxels * (BYTES_PER_VOXEL + BYTES_PER_VOXEL_ECHO * echoes)
+    shape, _nbytes = nifti_header(found["magnitude"][0])
+    return run_bytes(int(np.prod(shape[:3], dtype=object)), len(found["te_s"]))
 
 
-def available_memory_bytes():
-    """Memory available to new processes now (psutil, else /proc/meminfo, else 4 GiB)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2 ** 30
+def describe_failure(exc):
+    """One line for a subject's failure: the message of an input error, else the exception's type and text."""
+    if isinstance(exc, QSMInputError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MemoryError):
+        return f"out of memory{f' ({text})' if text else ''}: the subject needs more memory than its worker had"
+    return f"{type(exc).__name__}: {text or 'no message'}"
 
 
 def choose_workers(task_bytes, *, requested=None, n_tasks=None, available_bytes=None, cpus=None,
@@ -276,7 +264,7 @@ def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_fi
         record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file)
     except Exception as exc:  # one subject's failure must not stop the cohort
         record["status"] = "failed"
-        record["error"] = f"{exc}" if isinstance(exc, QSMInputError) else f"{type(exc).__name__}: {exc}"
+        record["error"] = describe_failure(exc)
         record["traceback"] = traceback.format_exc()
     record["time_s"] = round(time.perf_counter() - start, 3)
     return record
@@ -584,8 +572,82 @@ def _labels_for(bids_dir, job, pattern):
     return str(path) if path.exists() else None
 
 
+#: Placeholders of --labels-pattern.
+LABELS_PATTERN_FIELDS = ("subject", "session", "key")
+#: Seconds to wait for an existing scheduler to answer.
+CONNECT_TIMEOUT_S = 10
+
+
+def check_labels_pattern(pattern):
+    """Refuse a ``--labels-pattern`` with a placeholder other than {subject}, {session} and {key}.
+
+    Returns
+    -------
+    str or None
+        ``pattern``.
+    """
+    if pattern is None:
+        return None
+    fix = "use {subject}, {session} or {key}, e.g. derivatives/labels/sub-{subject}/anat/sub-{subject}_dseg.nii.gz"
+    try:
+        fields = [field for _text, field, _spec, _conversion in string.Formatter().parse(pattern)
+                  if field is not None]
+        unknown = [field for field in fields if field not in LABELS_PATTERN_FIELDS]
+        if unknown:
+            raise QSMInputError(f"--labels-pattern {pattern!r}: unknown placeholder {{{unknown[0]}}}; {fix}")
+        pattern.format(subject="01", session="01", key="sub-01_ses-01")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise QSMInputError(f"--labels-pattern {pattern!r}: not a valid pattern ({exc}); {fix}") from None
+    return pattern
+
+
+def scheduler_address(scheduler):
+    """The address of an existing scheduler (given, or read from a scheduler file), checked to answer.
+
+    Returns
+    -------
+    str or None
+        None for "local" and the job queues.
+
+    Raises
+    ------
+    QSMInputError
+        When the scheduler file is missing or not one, the address is malformed,
+        or nothing answers there within :data:`CONNECT_TIMEOUT_S`.
+    """
+    if scheduler == "local" or scheduler in JOBQUEUE_SCHEDULERS:
+        return None
+    address = scheduler
+    if scheduler.endswith(".json"):
+        try:
+            with open(scheduler, encoding="utf-8") as f:
+                address = json.load(f).get("address")
+        except (OSError, ValueError, AttributeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a Dask scheduler file"
+            raise QSMInputError(f"--scheduler {scheduler}: {reason}; start the scheduler first with dask scheduler "
+                                f"--scheduler-file {scheduler}, or give tcp://HOST:PORT") from None
+        if not isinstance(address, str):
+            raise QSMInputError(f"--scheduler {scheduler}: holds no scheduler address; give the file that "
+                                "dask scheduler --scheduler-file wrote")
+    scheme, separator, rest = address.partition("://")
+    if not separator:
+        scheme, rest = "tcp", address
+    host, _colon, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise QSMInputError(f"--scheduler {scheduler}: not a scheduler address; give local, tcp://HOST:PORT, "
+                            f"a scheduler file (.json) or one of {', '.join(JOBQUEUE_SCHEDULERS)}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise QSMInputError(f"--scheduler {scheduler}: no Dask scheduler answers at {address} "
+                            f"({exc.strerror or exc}); start it first (dask scheduler) or check "
+                            "the address") from None
+    return address
+
+
 def _check_scheduler(scheduler):
-    """Refuse early when Dask distributed, or dask-jobqueue for a job queue, is missing."""
+    """Refuse early when Dask distributed (or dask-jobqueue) is missing or the scheduler does not answer."""
     try:
         import distributed  # noqa: F401
     except ImportError:
@@ -598,6 +660,7 @@ def _check_scheduler(scheduler):
             raise QSMInputError(f"--scheduler {scheduler} needs dask-jobqueue; install it with "
                                 "pip install dask-jobqueue, or start a scheduler and workers yourself and give "
                                 "--scheduler tcp://HOST:8786") from None
+    return scheduler_address(scheduler)
 
 
 class _Cluster:
@@ -634,10 +697,13 @@ class _Cluster:
             self.client = Client(self.cluster)
             self.task_resources = {"qsm": 1}
             self.description = f"{scheduler} via dask-jobqueue: {workers} job(s), {memory_gib} GiB each"
-        elif scheduler.endswith(".json") and os.path.exists(scheduler):
-            self.client = Client(scheduler_file=scheduler)
         else:
-            self.client = Client(scheduler)
+            try:
+                self.client = Client(scheduler_address(scheduler), timeout=CONNECT_TIMEOUT_S)
+            except (OSError, ValueError, TypeError) as exc:
+                raise QSMInputError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: {exc}); check "
+                                    "that it is a Dask scheduler of a compatible version (and its TLS settings "
+                                    "for tls://)") from None
 
     def close(self):
         self.client.close()
@@ -686,6 +752,8 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
     """
     out_real = resolve_output_folder(out_dir)
     check_outside_raw_bids(out_real, bids_dir, allow_parent=False)
+    check_labels_pattern(labels_pattern)
+    _check_scheduler(scheduler)
     created = not os.path.isdir(out_real)
     try:
         os.makedirs(out_real, exist_ok=True)
@@ -744,7 +812,6 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise QSMInputError("--workers and --threads-per-worker must be 1 or more")
     config = (config or PipelineConfig()).validate()
-    _check_scheduler(scheduler)
     jobs = discover_subjects(bids_dir, participant_labels)
     run_kwargs = {"config": config, "b0_dir": None if b0_dir is None else [float(v) for v in b0_dir],
                   "phase_sign": phase_sign, "phase_unwrapped": phase_unwrapped,
@@ -761,8 +828,16 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
             estimates[job.key] = estimate_task_bytes(bids_dir, job)
         except Exception as exc:  # recorded as this subject's failure; the batch goes on
             records.append({"subject": job.subject, "session": job.session, "key": job.key, "status": "failed",
-                            "error": f"{exc}" if isinstance(exc, QSMInputError) else f"{type(exc).__name__}: {exc}",
-                            "time_s": 0.0})
+                            "error": describe_failure(exc), "time_s": 0.0})
+    if scheduler == "local":  # a subject too large for this machine fails alone, before the cluster is sized
+        budget = MEMORY_FRACTION * available_memory_bytes() - WORKER_OVERHEAD_BYTES
+        for job in jobs:
+            if job.key in estimates and estimates[job.key] > budget:
+                records.append({"subject": job.subject, "session": job.session, "key": job.key,
+                                "status": "failed", "time_s": 0.0,
+                                "error": f"needs about {estimates.pop(job.key) / 2 ** 30:.1f} GiB of memory but "
+                                         f"{max(budget, 0) / 2 ** 30:.1f} GiB is available for one worker; crop its "
+                                         "images or run it on a machine with more memory"})
     runnable = [job for job in jobs if job.key in estimates]
     task_bytes = max(estimates.values()) if estimates else 0
     os.makedirs(out_dir, exist_ok=True)
@@ -799,7 +874,7 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
                 else:  # the task itself died (worker killed too often, lost, out of memory)
                     exc = future.exception()
                     record = {"subject": job.subject, "session": job.session, "key": job.key, "status": "failed",
-                              "error": f"{type(exc).__name__}: {exc}", "time_s": None}
+                              "error": describe_failure(exc), "time_s": None}
                 records.append(record)
                 level = logging.WARNING if record["status"] == "failed" else logging.INFO
                 log.log(level, "batch: %s %s%s", job.key, record["status"],

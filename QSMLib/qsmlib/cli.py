@@ -10,10 +10,15 @@ import argparse
 import ast
 import contextlib
 import logging
+import math
+import os
+import platform
 import signal
 import sys
+import tempfile
 import threading
 import time
+import traceback
 
 from . import __version__
 from .errors import Cancelled, QSMInputError
@@ -64,13 +69,22 @@ def _option(text):
     return method, key, value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``qsm: error: run: ... (see qsm run --help)``."""
+
+    def error(self, message):
+        command = self.prog[len("qsm"):].strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_INPUT_ERROR, f"qsm: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def _positive_float(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    if not math.isfinite(value) or not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a positive number")
     return value
 
 
@@ -117,7 +131,7 @@ def _add_pipeline_options(p):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog="qsm", description="Quantitative susceptibility mapping (QSMLib).")
+    parser = _Parser(prog="qsm", description="Quantitative susceptibility mapping (QSMLib).")
     parser.add_argument("--version", action="version", version=f"qsm {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -282,8 +296,8 @@ def _non_negative_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be 0 or more")
+    if not math.isfinite(value) or not value >= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a number, 0 or more")
     return value
 
 
@@ -574,12 +588,45 @@ def _signals_stop_like_ctrl_c():
             signal.signal(sig, handler)
 
 
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def write_error_log(exc, argv=None):
+    """Write the traceback of an unexpected exception to a new log file; return its path.
+
+    The file goes to the temporary folder (``qsm-error-<time>-<random>.log``,
+    readable by its owner only) with the QSMLib, Python and platform versions
+    and the command line. Returns None when no file can be written.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    command = " ".join(["qsm"] + [str(a) for a in argv]) if argv is not None else " ".join(sys.argv)
+    header = (f"qsm {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+              f"command: {command}\n\n")
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"qsm-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(header + text)
+    except OSError:
+        return None
+    return path
+
+
 def main(argv=None):
-    """Entry point of the ``qsm`` command; returns the exit status."""
+    """Entry point of the ``qsm`` command; returns the exit status.
+
+    Every failure ends in one line on stderr: bad input, file-system errors
+    (a full disk, a read-only folder) and a lack of memory with exit status 2;
+    Ctrl-C with 130, SIGTERM and SIGHUP with 128 + the signal number; and an
+    unexpected exception (a bug) with 2 and the path of a log file holding its
+    traceback (:func:`write_error_log`).
+    """
     args = _get_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("qsm: %(message)s"))
     logger = logging.getLogger("qsmlib")
+    saved = logger.handlers[:], logger.level, logger.propagate
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
@@ -595,6 +642,23 @@ def main(argv=None):
     except (KeyboardInterrupt, Cancelled):
         print("qsm: cancelled; no outputs were written", file=sys.stderr)
         return EXIT_CANCELLED
+    except MemoryError as exc:
+        print(f"qsm: error: out of memory ({_first_line(exc)}); nothing was written: free memory, or use a smaller "
+              "input or options that need less (padding, radii, slab)", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qsm: error: {where}{exc.strerror or _first_line(exc)}; check the path, the permissions and the "
+              "free space", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except Exception as exc:  # a bug: one line here, the traceback in a log file
+        log_path = write_error_log(exc, argv)
+        where = f"the traceback is in {log_path}" if log_path else "no log file could be written"
+        print(f"qsm: internal error: {type(exc).__name__}: {_first_line(exc)}; this is a bug in QSMLib "
+              f"{__version__}: {where}; please report it", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
     return status or 0
 
 

@@ -106,6 +106,18 @@ class PipelineConfig:
             if name not in functions:
                 raise QSMInputError(f"options for '{name}': no such method; choose among {', '.join(sorted(functions))}")
             method_parameters(functions[name], values, name)  # refuses unknown options, used or not
+        in_use = {"unwrap": self.unwrap, "background removal": self.bgremove, "inversion": self.inversion}
+        for stage, (choices, option) in {"unwrap": (UNWRAP_METHODS, "--unwrap"),
+                                         "background removal": (BGREMOVE_METHODS, "--bgremove"),
+                                         "inversion": (INVERSION_METHODS, "--inversion")}.items():
+            for name in self.options:
+                if name in choices and name != in_use[stage]:
+                    raise QSMInputError(f"--option {name}.*: {name} is not the {stage} in use ({in_use[stage]}), "
+                                        f"so the option would be ignored; choose it with {option} {name}, or drop "
+                                        "the option")
+        if "csf" in self.options and self.reference != "csf":
+            raise QSMInputError(f"--option csf.*: the CSF reference is not in use (--reference {self.reference}), "
+                                "so the option would be ignored; add --reference csf, or drop the option")
         return self
 
 

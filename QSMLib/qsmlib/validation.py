@@ -10,8 +10,12 @@ import numpy as np
 
 from .errors import QSMInputError
 
-#: Echo times above this many seconds are taken to be milliseconds by mistake.
+#: Echo times above this many seconds are refused: no gradient echo for QSM is that long
+#: (brain signal is gone after about 0.1 s); usually milliseconds were given.
 MAX_PLAUSIBLE_TE_S = 0.2
+#: A last echo time below this many seconds is refused: the phase would hardly evolve
+#: (usually microseconds, or milliseconds divided by 1000 twice).
+MIN_PLAUSIBLE_LAST_TE_S = 5e-4
 #: Field strengths outside this range (tesla) are refused.
 B0_RANGE_T = (0.05, 21.2)
 
@@ -86,19 +90,54 @@ def as_b0_dir(b0_dir, name="b0_dir"):
     return tuple(float(x) for x in v / norm)
 
 
+def _numbers(values):
+    """``[0.004, 0.008]``: plain numbers for messages (no ``np.float64(...)``)."""
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+def _plausible_te(te):
+    return te.max() <= MAX_PLAUSIBLE_TE_S and te.max() >= MIN_PLAUSIBLE_LAST_TE_S
+
+
 def check_echo_times(te_s, n_echoes=None, name="echo times"):
-    """Return echo times in seconds as a float64 array, refusing milliseconds."""
-    te = np.atleast_1d(np.asarray(te_s, dtype=np.float64)).ravel()
+    """Return echo times in seconds as a float64 array, refusing other units.
+
+    Milliseconds, microseconds and values 1000 times too small are refused
+    with the corrected values when rescaling by 1000 (or 10^6) gives
+    plausible echo times, and with the unit alone otherwise.
+
+    Raises
+    ------
+    QSMInputError
+        Naming ``name`` (the option or the sidecar the values came from).
+    """
+    try:
+        te = np.atleast_1d(np.asarray(te_s, dtype=np.float64)).ravel()
+    except (TypeError, ValueError):
+        raise QSMInputError(f"{name}: {te_s!r} are not valid echo times; give numbers in seconds") from None
     if te.size == 0 or not np.all(np.isfinite(te)):
-        raise QSMInputError(f"{name}: {te_s!r} are not valid echo times; give numbers in seconds")
+        raise QSMInputError(f"{name}: {_numbers(te) if te.size else '[]'} are not valid echo times; "
+                            "give numbers in seconds")
     if np.any(te <= 0):
-        raise QSMInputError(f"{name}: echo times must be positive, got {te.tolist()} s")
-    if np.any(te > MAX_PLAUSIBLE_TE_S):
-        raise QSMInputError(
-            f"{name}: {te.tolist()} look like milliseconds; echo times are in seconds, "
-            f"so give {[round(t / 1000, 6) for t in te]}")
+        raise QSMInputError(f"{name}: echo times must be positive, got {_numbers(te)} s")
+    if te.max() > MAX_PLAUSIBLE_TE_S:
+        if _plausible_te(te / 1e6) and te.max() >= 1000:
+            raise QSMInputError(f"{name}: {_numbers(te)} look like microseconds; echo times are in seconds, "
+                                f"so give {_numbers(te / 1e6)}")
+        if _plausible_te(te / 1000):
+            raise QSMInputError(f"{name}: {_numbers(te)} look like milliseconds; echo times are in seconds, "
+                                f"so give {_numbers(te / 1000)}")
+        raise QSMInputError(f"{name}: {_numbers(te)} s are longer than any gradient echo for QSM (brain signal "
+                            f"is gone after about 0.1 s); give every echo time in seconds, for example 0.004 "
+                            "for 4 ms")
+    if te.max() < MIN_PLAUSIBLE_LAST_TE_S:
+        fix = (f"; if they were milliseconds divided by 1000 twice, give {_numbers(te * 1000)}"
+               if _plausible_te(te * 1000) else "")
+        raise QSMInputError(f"{name}: {_numbers(te)} s are too short for QSM (the last echo before 0.5 ms: "
+                            f"the phase hardly evolves); echo times are in seconds, for example 0.004 for 4 ms"
+                            + fix)
     if te.size > 1 and np.any(np.diff(te) <= 0):
-        raise QSMInputError(f"{name}: {te.tolist()} s are not strictly increasing; "
+        raise QSMInputError(f"{name}: {_numbers(te)} s are not strictly increasing; "
                             "list the echoes in acquisition order")
     if n_echoes is not None and te.size != n_echoes:
         raise QSMInputError(f"{name}: {te.size} echo times given for {n_echoes} echoes; "
@@ -154,3 +193,26 @@ def check_count(value, name, *, minimum=1):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise QSMInputError(f"{name}: {value!r} is not a whole number >= {minimum}")
     return int(value)
+
+
+def check_padding_size(pads, shape, name="pad_voxels"):
+    """Refuse a zero-padding wider than twice the image along an axis (it only costs memory).
+
+    Parameters
+    ----------
+    pads : sequence of 3 int
+        Padding in voxels per axis, already checked to be whole and non-negative.
+    shape : sequence of 3 int
+        The image shape.
+
+    Returns
+    -------
+    tuple of int
+        ``pads``.
+    """
+    limit = [2 * int(n) for n in shape[:3]]
+    if any(int(p) > m for p, m in zip(pads, limit)):
+        raise QSMInputError(f"{name}: {tuple(int(p) for p in pads)} voxels is wider than twice the image "
+                            f"({' x '.join(str(int(n)) for n in shape[:3])}), which only costs memory; give at "
+                            f"most {tuple(limit)}")
+    return tuple(int(p) for p in pads)

@@ -20,6 +20,7 @@ from .errors import QSMInputError
 from .inversion import cosmos
 from .io import (OutputDirectory, bids_label, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
+from .memory import check_run_inputs
 from .metrics import hfen, nrmse, region_errors, ssim, xsim
 from .pipeline import (INVERSION_METHODS, PipelineConfig, StageRecorder, method_parameters, reconstruct,
                        software_info)
@@ -60,8 +61,14 @@ def _write_json(path, data):
 
 
 def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
-                    subject=None, session=None, phase_sign=1, phase_unwrapped=False, dicom_dir=None):
-    """Load multi-echo inputs from files, a BIDS dataset or a DICOM folder (see :func:`run_qsm`)."""
+                    subject=None, session=None, phase_sign=1, phase_unwrapped=False, dicom_dir=None,
+                    what="the reconstruction"):
+    """Load multi-echo inputs from files, a BIDS dataset or a DICOM folder (see :func:`run_qsm`).
+
+    Before reading any data, the headers are checked against the files and the
+    estimated peak memory of ``what`` against the available memory
+    (:func:`qsmlib.memory.check_run_inputs`).
+    """
     bids = None
     if dicom_dir is not None:
         from .io.dicom import load_dicom
@@ -72,19 +79,22 @@ def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=N
         log.info("DICOM: %s", "; ".join(data.sources["dicom_series"]))
         log.info("phase: %s", data.phase_scaling["detected"])
         return data, None
+    te_name, b0_name = "echo times (--te)", "B0 (--b0)"
     if bids_dir is not None:
-        bids = find_megre(bids_dir, subject=subject, session=session)
+        bids = find_megre(bids_dir, subject=subject, session=session, te_s=te_s, b0_t=b0_t)
         magnitude_files, phase_files = bids["magnitude"], bids["phase"]
-        te_s = bids["te_s"] if te_s is None else te_s
-        b0_t = bids["b0_t"] if b0_t is None else b0_t
+        te_name = bids["te_source"]
+        b0_name = "B0 (--b0)" if b0_t is not None else f"MagneticFieldStrength of the sidecars of {bids['stem']}"
+        te_s, b0_t = bids["te_s"], bids["b0_t"]
     if not magnitude_files or not phase_files:
         raise QSMInputError("give --mag and --phase files (with --te and --b0), or --bids DIR")
     if te_s is None:
         raise QSMInputError("echo times are missing; give --te in seconds, one per echo")
     if b0_t is None:
         raise QSMInputError("the field strength is missing; give --b0 in tesla")
+    check_run_inputs([str(f) for f in magnitude_files], what=what)
     data = load_multi_echo(magnitude_files, phase_files, te_s, b0_t, phase_sign=phase_sign,
-                           phase_unwrapped=phase_unwrapped)
+                           phase_unwrapped=phase_unwrapped, te_name=te_name, b0_name=b0_name)
     log.info("phase: %s", data.phase_scaling["detected"])
     return data, bids
 
@@ -149,6 +159,7 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
             raise QSMInputError("the field strength is missing; give --b0 in tesla")
         b0_t = check_b0(b0_t, name="B0 (--b0)")
         path = local_field_file if local_field_file is not None else total_field_file
+        check_run_inputs([str(path)], what="the reconstruction")
         field_hz, affine = load_field(path)
         shape = field_hz.shape
         key = "local_field_hz" if local_field_file is not None else "total_field_hz"
@@ -206,6 +217,7 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
     if unit == "hz" and b0_t is None:
         raise QSMInputError("--unit hz needs --b0 in tesla to convert the field to ppm")
     out_dir, name = os.path.split(os.path.abspath(out_file))
+    check_run_inputs([str(local_field_file)], what="the inversion")
     field, affine = load_field(local_field_file)
     mask = load_mask(mask_file, field.shape, affine)
     b0 = check_b0(b0_t, name="B0 (--b0)") if b0_t is not None else 3.0
@@ -246,6 +258,7 @@ def run_cosmos(field_files, out_file, *, unit, mask_file, b0_dirs, b0_t=None, op
         given = 0 if b0_dirs is None else len(b0_dirs)
         raise QSMInputError(f"COSMOS: {len(field_files)} field files but {given} B0 directions; give one "
                             "--b0-dir X Y Z per field, in the registered grid's voxel frame, in the same order")
+    check_run_inputs([str(f) for f in field_files], what="COSMOS")
     fields, affine = [], None
     for path in field_files:
         field, field_affine = load_field(path, None if affine is None else fields[0].shape)
@@ -447,17 +460,19 @@ def load_magnitude_inputs(*, magnitude_files=None, te_s=None, bids_dir=None, sub
     magnitude : ndarray (X, Y, Z, E), te_s : ndarray, affine : ndarray, sources : dict
     """
     sources = {}
+    te_name = "echo times (--te)"
     if bids_dir is not None:
-        bids = find_megre(bids_dir, subject=subject, session=session)
+        bids = find_megre(bids_dir, subject=subject, session=session, te_s=te_s, b0_t=NOMINAL_B0_T)
         magnitude_files = bids["magnitude"]
-        te_s = bids["te_s"] if te_s is None else te_s
+        te_s, te_name = bids["te_s"], bids["te_source"]
         sources.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
     if not magnitude_files:
         raise QSMInputError("give --mag files (with --te), or --bids DIR")
     if te_s is None:
         raise QSMInputError("echo times are missing; give --te in seconds, one per echo")
     magnitude_files = [str(f) for f in magnitude_files]
-    magnitude, te, affine = load_magnitude(magnitude_files, te_s)
+    check_run_inputs(magnitude_files, what="R2*")
+    magnitude, te, affine = load_magnitude(magnitude_files, te_s, te_name=te_name)
     if magnitude.shape[3] < 2:
         raise QSMInputError(f"{magnitude_files[0]}: holds a single echo; R2* needs at least two echoes "
                             "(give every echo of the multi-echo scan)")
@@ -510,7 +525,7 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
         data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
                                      b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
                                      bids_dir=bids_dir, subject=subject, session=session,
-                                     phase_sign=-1 if phase_convention == "right-handed" else 1)
+                                     phase_sign=-1 if phase_convention == "right-handed" else 1, what="SWI")
         voxel_size = voxel_size_from_affine(data.affine)
         mask, mask_source = _brain_mask_for(data.magnitude, voxel_size, mask_file, data.affine, progress)
         if highpass == "homodyne":
@@ -561,7 +576,7 @@ def run_unwrap(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0
         start = time.perf_counter()
         data, bids = load_run_inputs(magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s,
                                      b0_t=NOMINAL_B0_T if b0_t is None and bids_dir is None else b0_t,
-                                     bids_dir=bids_dir, subject=subject, session=session)
+                                     bids_dir=bids_dir, subject=subject, session=session, what="unwrapping")
         voxel_size = voxel_size_from_affine(data.affine)
         mask, mask_source = _brain_mask_for(data.magnitude, voxel_size, mask_file, data.affine, progress)
         with StageRecorder(progress).stage("unwrapping"):
@@ -662,7 +677,8 @@ def _swi_parameters(func, options, result, voxel_size, highpass, mip_slices):
     parameters = {k: (list(v) if isinstance(v, tuple) else v) for k, v in parameters.items()}
     parameters["highpass"] = highpass
     parameters["te_ref_s"] = result.te_ref_s
-    parameters["mip_slices"] = mip_slices(parameters["slab_mm"], voxel_size[parameters["mip_axis"]])
+    axis = parameters["mip_axis"]
+    parameters["mip_slices"] = min(mip_slices(parameters["slab_mm"], voxel_size[axis]), 2 * result.mip.shape[axis] - 1)
     return parameters
 
 

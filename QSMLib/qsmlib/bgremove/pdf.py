@@ -6,7 +6,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..masking import bounding_box
-from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_count, check_number
+from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_count, check_number, check_padding_size
 
 #: Default width in mm of the source region added around the mask's bounding box.
 DEFAULT_PAD_MM = 30.0
@@ -83,6 +83,8 @@ def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100
     max_iter = check_count(max_iter, "max_iter")
     tol = check_number(tol, "tol")
     pad = _padding(pad_voxels, voxel_size)
+    if pad_voxels is not None:
+        pad = check_padding_size(pad, field.shape)
 
     box = bounding_box(mask)
     box_mask = mask[box]

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import QSMInputError
 from ..fourier import irfft, pad, padded_shape, rfft
 from ..masking import bounding_box
-from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size
+from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_padding_size
 
 #: Default margin (voxels per axis) between the mask's bounding box and its
 #: periodic image. The field is zero there; a gap of a dozen voxels keeps the
@@ -42,7 +42,7 @@ class WorkGrid:
         self.mask = as_mask(mask, field.shape)
         self.voxel_size = as_voxel_size(voxel_size)
         self.b0_dir = as_b0_dir(b0_dir)
-        margin = _as_pad_voxels(pad_voxels)
+        margin = check_padding_size(_as_pad_voxels(pad_voxels), field.shape)
         self.full_shape = field.shape
         self.box = bounding_box(self.mask)
         box_mask = self.mask[self.box]

@@ -5,6 +5,7 @@ with JSON sidecars giving ``EchoTime`` (s) and ``MagneticFieldStrength`` (T).
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,26 +17,70 @@ from .output import bids_label
 _MEGRE = re.compile(r"^(?P<stem>sub-[^_]+.*?)_echo-(?P<echo>\d+)_part-(?P<part>mag|phase)_MEGRE\.nii(\.gz)?$")
 
 
+#: Largest sidecar read (bytes); a BIDS sidecar is a few kilobytes.
+MAX_SIDECAR_BYTES = 10 * 2 ** 20
+
+
+def sidecar_path(nifti_path):
+    """The JSON sidecar beside a NIfTI file."""
+    return Path(re.sub(r"\.nii(\.gz)?$", "", str(nifti_path)) + ".json")
+
+
 def _sidecar(nifti_path):
-    base = re.sub(r"\.nii(\.gz)?$", "", str(nifti_path))
-    path = Path(base + ".json")
+    """The sidecar's JSON object (a dict), or a one-line refusal naming the file."""
+    path = sidecar_path(nifti_path)
     if not path.exists():
         raise QSMInputError(f"{nifti_path}: no JSON sidecar ({path.name}); BIDS needs EchoTime (s) "
                             "and MagneticFieldStrength (T) there")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise QSMInputError(f"{path}: not valid JSON ({exc}); fix or regenerate the sidecar") from None
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise QSMInputError(f"{path}: {path.stat().st_size} bytes is not a BIDS sidecar (a few kB); "
+                                "fix or regenerate the sidecar")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QSMInputError(f"{path}: not valid JSON ({first}); fix or regenerate the sidecar") from None
+    if not isinstance(meta, dict):
+        raise QSMInputError(f"{path}: holds a JSON {type(meta).__name__}, not an object of BIDS fields; "
+                            "fix or regenerate the sidecar ({{\"EchoTime\": 0.004, ...}})")
+    return meta
 
 
-def find_megre(bids_dir, subject=None, session=None):
+def _sidecar_number(meta, key, path, unit, example):
+    """A sidecar field that must be a plain number (not a string, list, null or boolean)."""
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QSMInputError(f"{path}: {key} {json.dumps(value)[:40]} is not a number; BIDS gives it in {unit} "
+                            f"as a plain number (for example {example}); fix the sidecar")
+    return float(value)
+
+
+def find_megre(bids_dir, subject=None, session=None, *, te_s=None, b0_t=None):
     """Locate one MEGRE series in a BIDS dataset.
+
+    Parameters
+    ----------
+    bids_dir : path
+        The dataset root.
+    subject, session : str, optional
+        BIDS labels (with or without ``sub-`` / ``ses-``).
+    te_s, b0_t : optional
+        Echo times (s) and field strength (T) given by the user: then the
+        sidecars' ``EchoTime`` or ``MagneticFieldStrength`` are not read.
 
     Returns
     -------
     dict
         ``magnitude`` and ``phase`` (lists of paths in echo order), ``te_s``
-        (list of float), ``b0_t`` (float), ``subject``, ``session``.
+        (list of float), ``te_source`` (where they came from, for messages),
+        ``b0_t`` (float), ``subject``, ``session``.
+
+    Raises
+    ------
+    QSMInputError
+        When the files or sidecars are missing or malformed: a sidecar that is
+        not a JSON object, an ``EchoTime`` or ``MagneticFieldStrength`` that is
+        not a number, a phase echo time that differs from the magnitude's.
     """
     root = Path(bids_dir)
     if not root.is_dir():
@@ -73,20 +118,34 @@ def find_megre(bids_dir, subject=None, session=None):
                             f"(mag {sorted(parts.get('mag', {}))}, phase {sorted(parts.get('phase', {}))}); "
                             "every echo needs both parts")
     echoes = sorted(parts["mag"])
-    te_s, b0_values = [], set()
-    for n in echoes:
+    found_te, b0_values = [], set()
+    for n in echoes if te_s is None or b0_t is None else ():
         meta = _sidecar(parts["mag"][n])
-        if "EchoTime" not in meta:
-            raise QSMInputError(f"{parts['mag'][n]}: the sidecar has no EchoTime (s)")
-        te_s.append(float(meta["EchoTime"]))
-        if "MagneticFieldStrength" in meta:
-            b0_values.add(float(meta["MagneticFieldStrength"]))
-    if len(b0_values) != 1:
+        path = sidecar_path(parts["mag"][n])
+        if te_s is None:
+            if "EchoTime" not in meta:
+                raise QSMInputError(f"{path}: the sidecar has no EchoTime; add it in seconds, or give --te")
+            found_te.append(_sidecar_number(meta, "EchoTime", path, "seconds", "0.004"))
+            phase_meta = _sidecar(parts["phase"][n]) if sidecar_path(parts["phase"][n]).exists() else {}
+            if "EchoTime" in phase_meta:
+                phase_path = sidecar_path(parts["phase"][n])
+                phase_te = _sidecar_number(phase_meta, "EchoTime", phase_path, "seconds", "0.004")
+                if abs(phase_te - found_te[-1]) > 1e-6 * max(1.0, abs(phase_te)):
+                    raise QSMInputError(f"{phase_path}: EchoTime {phase_te:g} s differs from {path.name}'s "
+                                        f"{found_te[-1]:g} s; magnitude and phase of one echo share one echo "
+                                        "time: fix the sidecars, or give --te")
+        if b0_t is None and "MagneticFieldStrength" in meta:
+            b0_values.add(_sidecar_number(meta, "MagneticFieldStrength", path, "tesla", "3"))
+    if b0_t is None and len(b0_values) != 1:
         raise QSMInputError(f"{stem}: MagneticFieldStrength is missing or inconsistent in the sidecars "
-                            f"({sorted(b0_values)}); give --b0 in tesla")
+                            f"({', '.join(f'{b:g}' for b in sorted(b0_values)) or 'none'}); give --b0 in tesla")
+    where = os.path.dirname(str(parts["mag"][echoes[0]]))
     return {"magnitude": [str(parts["mag"][n]) for n in echoes],
             "phase": [str(parts["phase"][n]) for n in echoes],
-            "te_s": te_s, "b0_t": b0_values.pop(), "subject": subject, "session": session}
+            "te_s": found_te if te_s is None else list(te_s),
+            "te_source": f"EchoTime of the sidecars in {where}" if te_s is None else "echo times (--te)",
+            "b0_t": b0_values.pop() if b0_t is None else b0_t, "subject": subject, "session": session,
+            "stem": stem}
 
 
 def megre_names(subject, n_echoes, session=None):

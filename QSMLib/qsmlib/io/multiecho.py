@@ -72,8 +72,10 @@ def load_echo_series(files, kind):
     return stacked, affine
 
 
-def load_magnitude(magnitude_files, te_s):
+def load_magnitude(magnitude_files, te_s, *, te_name="echo times (--te)"):
     """Load and check multi-echo magnitude with its echo times (s).
+
+    ``te_name`` says where the echo times came from, for messages.
 
     Returns
     -------
@@ -82,9 +84,9 @@ def load_magnitude(magnitude_files, te_s):
     magnitude_files = [str(f) for f in magnitude_files]
     magnitude, affine = load_echo_series(magnitude_files, "mag")
     name = _label(magnitude_files)
-    te = check_echo_times(te_s, name="echo times (--te)")
+    te = check_echo_times(te_s, name=te_name)
     if te.size != magnitude.shape[3]:
-        raise QSMInputError(f"{te.size} echo times given but {name} holds {magnitude.shape[3]} "
+        raise QSMInputError(f"{te_name}: {te.size} echo times given but {name} holds {magnitude.shape[3]} "
                             "echoes; give one echo time (s) per echo")
     if magnitude.min() < 0:
         raise QSMInputError(f"{name}: holds negative values, so it is not a magnitude image; "
@@ -92,7 +94,8 @@ def load_magnitude(magnitude_files, te_s):
     return magnitude, te, affine
 
 
-def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, phase_unwrapped=False):
+def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, phase_unwrapped=False,
+                    te_name="echo times (--te)", b0_name="B0 (--b0)"):
     """Load and check multi-echo magnitude and phase.
 
     Parameters
@@ -107,6 +110,8 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
         -1 flips the phase, for data whose phase decreases with field.
     phase_unwrapped : bool
         The phase is already unwrapped and in radians: it is used as it is.
+    te_name, b0_name : str
+        Where the echo times and the field strength came from, for messages.
 
     Returns
     -------
@@ -114,7 +119,8 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
     """
     magnitude_files = [str(f) for f in magnitude_files]
     phase_files = [str(f) for f in phase_files]
-    magnitude, te, affine = load_magnitude(magnitude_files, te_s)
+    b0 = check_b0(b0_t, name=b0_name)
+    magnitude, te, affine = load_magnitude(magnitude_files, te_s, te_name=te_name)
     phase, phase_affine = load_echo_series(phase_files, "phase")
     mag_name, phase_name = _label(magnitude_files), _label(phase_files)
     if magnitude.shape != phase.shape:
@@ -132,7 +138,7 @@ def load_multi_echo(magnitude_files, phase_files, te_s, b0_t, *, phase_sign=1, p
     if phase_sign == -1:
         phase_rad = -phase_rad
     scaling["sign"] = phase_sign
-    return MultiEchoData(magnitude=magnitude, phase=phase_rad, te_s=te, b0_t=check_b0(b0_t, name="B0 (--b0)"),
+    return MultiEchoData(magnitude=magnitude, phase=phase_rad, te_s=te, b0_t=b0,
                          affine=affine, phase_scaling=scaling,
                          sources={"magnitude": magnitude_files, "phase": phase_files})
 

@@ -12,6 +12,20 @@ import zlib
 import numpy as np
 
 from ..errors import QSMInputError
+from ..memory import check_reading
+
+
+def check_nifti_path(path, *, name=None):
+    """Refuse a path that is missing, not a file, or not named .nii or .nii.gz."""
+    path = os.fspath(path)
+    name = name or path
+    if not os.path.exists(path):
+        raise QSMInputError(f"{name}: file not found; check the path")
+    if not os.path.isfile(path):
+        raise QSMInputError(f"{name}: is a folder, not a NIfTI file; give the .nii or .nii.gz file")
+    if not path.endswith((".nii", ".nii.gz")):
+        raise QSMInputError(f"{name}: not a NIfTI file (.nii or .nii.gz); convert it first "
+                            "(for example DICOM with dcm2niix)")
 
 
 def load_nifti(path, *, name=None):
@@ -20,22 +34,21 @@ def load_nifti(path, *, name=None):
     Raises
     ------
     QSMInputError
-        If the file is missing, is not NIfTI, or is corrupt.
+        If the file is missing, is not NIfTI, or is corrupt, or its data (as
+        float32) would not fit in the available memory; the last two are found
+        from the header, before any data is read.
     """
     import nibabel as nib
 
     path = os.fspath(path)
     name = name or path
-    if not os.path.exists(path):
-        raise QSMInputError(f"{name}: file not found; check the path")
-    if not path.endswith((".nii", ".nii.gz")):
-        raise QSMInputError(f"{name}: not a NIfTI file (.nii or .nii.gz); convert it first "
-                            "(for example DICOM with dcm2niix)")
+    check_nifti_path(path, name=name)
     try:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise QSMInputError(f"{name}: this is a {type(image).__name__}, not NIfTI; "
                                 "convert it to .nii or .nii.gz (for example with dcm2niix)")
+        check_reading(path, name=name)  # the header's claim against the file and the free memory, before reading
         data = np.asarray(image.dataobj, dtype=np.float32)
     except QSMInputError:
         raise
