@@ -653,6 +653,13 @@ def _check_scheduler(scheduler):
     except ImportError:
         raise QSMInputError("qsm batch runs on Dask distributed, which is not installed; install it with "
                             "pip install 'qsmlib[batch]' (or pip install distributed)") from None
+    if scheduler == "local":
+        try:
+            import cryptography  # noqa: F401  (Dask's temporary TLS certificate)
+        except ImportError:
+            raise QSMInputError("qsm batch secures its local Dask cluster with TLS, which needs the cryptography "
+                                "package; install it with pip install 'qsmlib[batch]' (or pip install "
+                                "cryptography)") from None
     if scheduler in JOBQUEUE_SCHEDULERS:
         try:
             import dask_jobqueue  # noqa: F401
@@ -676,15 +683,20 @@ class _Cluster:
         self.task_resources = None
         if scheduler == "local":
             from distributed import LocalCluster
+            from distributed.security import Security
 
+            # TLS with a certificate made for this batch alone: another process on this machine can
+            # neither connect to the scheduler nor submit tasks to the workers (they run as this user).
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                         processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                         memory_limit=memory_limit, resources={"qsm": 1},
+                                        security=Security.temporary(),
                                         env={"QSMLIB_FFT_WORKERS": str(threads_per_worker),
                                              "OMP_NUM_THREADS": str(threads_per_worker)})
             self.client = Client(self.cluster)
             self.task_resources = {"qsm": 1}
-            self.description = f"local: {workers} worker process(es) x {threads_per_worker} thread(s)"
+            self.description = (f"local: {workers} worker process(es) x {threads_per_worker} thread(s), "
+                                "TLS with a temporary certificate")
         elif scheduler in JOBQUEUE_SCHEDULERS:
             _check_scheduler(scheduler)
             import dask_jobqueue
