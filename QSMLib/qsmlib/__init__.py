@@ -6,6 +6,6 @@ voxel sizes in mm, fields in Hz or ppm as named, susceptibility in ppm.
 
 __version__ = "0.1.0"
 
-from .errors import Cancelled, QSMInputError  # noqa: E402
+from .errors import Cancelled, ImplausibleMaskError, QSMInputError  # noqa: E402
 
-__all__ = ["Cancelled", "QSMInputError", "__version__"]
+__all__ = ["Cancelled", "ImplausibleMaskError", "QSMInputError", "__version__"]

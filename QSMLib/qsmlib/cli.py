@@ -89,7 +89,12 @@ def _positive_float(text):
 
 
 def _add_pipeline_options(p):
-    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude")
+    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude "
+                                                "and phase quality, and checked for plausibility")
+    p.add_argument("--accept-implausible-mask", action="store_true",
+                   help="write the maps even when the automatic brain mask fails its plausibility check "
+                        "(volume beyond 2000 mL, many background-dark or fast-decaying voxels, ragged shape); "
+                        "by default the run stops and names the problem. The warnings stay in provenance.json")
     p.add_argument("--preset", choices=sorted(PRESETS), default="consensus",
                    help="methods per stage: consensus (default; 2024 QSM consensus: romeo, pdf, "
                         "tv-admm) or fast (previews in seconds: romeo, vsharp, tkd); --unwrap, "
@@ -415,7 +420,8 @@ def _config(args):
             options.setdefault("fieldmap", {})[key] = value
     return PipelineConfig.from_preset(args.preset, unwrap=args.unwrap, bgremove=args.bgremove,
                                       inversion=args.inversion, reference=args.reference, options=options,
-                                      shrink_mask_by_residual=args.shrink_mask_by_residual)
+                                      shrink_mask_by_residual=args.shrink_mask_by_residual,
+                                      accept_implausible_mask=args.accept_implausible_mask)
 
 
 def _dispatch(args, progress):

@@ -9,5 +9,17 @@ class QSMInputError(ValueError):
     """
 
 
+class ImplausibleMaskError(QSMInputError):
+    """The automatic brain mask failed its plausibility check (see :mod:`qsmlib.mask_check`).
+
+    ``check`` holds the check's record (volume, compactness, shares, problems),
+    so that a caller can show it or offer to go on anyway.
+    """
+
+    def __init__(self, message, check=None):
+        super().__init__(message)
+        self.check = check
+
+
 class Cancelled(RuntimeError):
     """Raised from a progress callback to stop a running computation."""

@@ -24,23 +24,25 @@ import numpy as np
 from . import __version__
 from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
 from .constants import hz_per_ppm, hz_to_ppm
-from .errors import QSMInputError
+from .errors import ImplausibleMaskError, QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import (AUTO_PARAMETERS, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov, tkd, tsvd,
                         tv_admm)
 from .inversion.tv_weight import choose_tv_weight
-from .masking import brain_mask
+from .mask_check import check_brain_mask
+from .masking import brain_mask, erosion_radius_mm, opening_radius_mm
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
 from .relaxometry import r2star_loglinear
-from .unwrap import unwrap_laplacian, unwrap_reliability, unwrap_romeo
+from .unwrap import unwrap_laplacian, unwrap_reliability, unwrap_romeo, voxel_quality
 from .validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_b0, check_echo_times
 
 UNWRAP_METHODS = {"reliability": unwrap_reliability, "romeo": unwrap_romeo, "laplacian": unwrap_laplacian}
 BGREMOVE_METHODS = {"vsharp": vsharp, "sharp": sharp, "pdf": pdf, "lbv": lbv, "resharp": resharp, "ismv": ismv}
 INVERSION_METHODS = {"tv-admm": tv_admm, "tikhonov": tikhonov, "tkd": tkd, "tsvd": tsvd, "ilsqr": ilsqr,
                      "rts": rts, "medi": medi, "medi+0": medi, "nltv": nltv, "star": star}
-#: Inversion arguments that the pipeline fills from the acquisition, not options.
-ACQUISITION_ARGUMENTS = ("magnitude", "weights", "csf_mask")
+#: Arguments that the pipeline fills from the acquisition (the inversions' magnitude, weights
+#: and CSF mask; the brain mask's phase quality), not options.
+ACQUISITION_ARGUMENTS = ("magnitude", "weights", "csf_mask", "quality")
 REFERENCE_METHODS = ("brain", "csf", "region", "none")
 
 #: Method per stage of each preset, for the command line and the Slicer module.
@@ -82,6 +84,10 @@ class PipelineConfig:
     #: Remove from the mask the high-residual clusters at its edge (see
     #: :func:`qsmlib.fieldmap.residual_exclusion_mask`), before background removal.
     shrink_mask_by_residual: bool = False
+    #: Go on with an automatic brain mask that fails the plausibility check
+    #: (:func:`qsmlib.mask_check.check_brain_mask`); by default the run stops with
+    #: :class:`~qsmlib.errors.ImplausibleMaskError`. The warnings are recorded either way.
+    accept_implausible_mask: bool = False
 
     @classmethod
     def from_preset(cls, preset="consensus", *, unwrap=None, bgremove=None, inversion=None, **settings):
@@ -242,6 +248,37 @@ def phase_sign_check(chi_ppm, r2star_hz, mask, *, top_fraction=PHASE_SIGN_TOP_FR
             "median_chi_ppm": median, "voxels": int(top.sum()), "ok": median > 0}
 
 
+def mask_plausibility(mask, voxel_size, *, source, magnitude=None, r2star_hz=None, b0_t=3.0, warnings=None,
+                      accept=False):
+    """Check a brain mask (:func:`qsmlib.mask_check.check_brain_mask`); warn, and stop on an implausible one.
+
+    Every failed measure becomes a sentence in ``warnings``. An automatic
+    (``source="automatic"``) mask judged implausible raises
+    :class:`~qsmlib.errors.ImplausibleMaskError` unless ``accept``; a given
+    mask is only warned about (the user chose it).
+
+    Returns
+    -------
+    dict
+        The check's record, with ``source`` and ``accepted`` added.
+    """
+    check = check_brain_mask(mask, voxel_size, magnitude=magnitude, r2star_hz=r2star_hz, b0_t=b0_t)
+    check["source"] = source
+    check["accepted"] = bool(accept) if check["verdict"] == "implausible" else None
+    problems = check["implausible"] + check["questionable"]
+    if warnings is not None and problems:
+        fix = ("give a brain mask (--mask, or the mask input in Slicer)" if source == "automatic"
+               else "check that the mask file belongs to this scan")
+        warnings.append(f"the {source} brain mask looks {check['verdict']}: {'; '.join(problems)}. "
+                        f"Inspect mask.nii.gz over the magnitude and, if it is wrong, {fix}")
+    if check["verdict"] == "implausible" and source == "automatic" and not accept:
+        raise ImplausibleMaskError(
+            f"the automatic brain mask is implausible: {'; '.join(check['implausible'])}. No map was written. "
+            "Give a brain mask with --mask (in Slicer: the mask input), or, if the mask is right (a large or "
+            "non-human brain, an unusual field of view), rerun with --accept-implausible-mask", check)
+    return check
+
+
 def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, local_field_hz=None,
                 mask=None, b0_t, voxel_size, b0_dir, config=None, reference_region=None,
                 phase_unwrapped=False, progress=None):
@@ -311,15 +348,35 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         if mask is None and magnitude is None:
             raise QSMInputError("a brain mask is required when starting from a field map; give --mask")
 
+    r2star = None
+    checks = {}
     if mask is None:
         params = method_parameters(brain_mask, options.get("mask", {}), "mask")
-        with recorder.stage("mask", "magnitude threshold + morphology", params):
-            mask = brain_mask(as_volume(magnitude, "magnitude", ndim=4), voxel_size, **params)
+        quality = None
+        method = "magnitude threshold + morphology"
+        if phase is not None and params["quality_fraction"] > 0:
+            method = "magnitude threshold + ROMEO phase quality + morphology"
+        with recorder.stage("mask", method, params) as (_, record):
+            if phase is not None and params["quality_fraction"] > 0:
+                quality = voxel_quality(phase, te_s)
+            mask = brain_mask(as_volume(magnitude, "magnitude", ndim=4), voxel_size, quality=quality, **params)
+            record["opening_radius_mm"] = opening_radius_mm(params["opening_mm"], voxel_size)
+            record["erosion_radius_mm"] = erosion_radius_mm(params["erode_mm"], voxel_size)
+        del quality
         if not mask.any():
             raise QSMInputError("automatic brain mask: it came out empty; give a mask with --mask")
+        mask_source = "automatic"
     else:
         mask = as_mask(mask, shape)
         recorder.stages.append({"stage": "mask", "method": "given", "parameters": {}, "time_s": 0.0})
+        mask_source = "given"
+    if magnitude is not None and magnitude.shape[3] >= 2:
+        # R2* inside the brain mask: for the mask check, and later (inside the final mask,
+        # a subset) for the CSF reference, MEDI+0 and the phase-sign check.
+        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
+    checks["mask"] = mask_plausibility(mask, voxel_size, source=mask_source, magnitude=magnitude,
+                                       r2star_hz=r2star, b0_t=b0_t, warnings=warnings,
+                                       accept=config.accept_implausible_mask)
     brain = mask.copy()
     trusted = None  # voxels whose field is trusted, when the echo fit tells
     noise_weights = None  # inverse field noise SD, median 1, when the echo fit tells
@@ -373,11 +430,6 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                                 "use smaller radii or another method")
     else:
         local_field_hz = as_volume(local_field_hz, "local field")
-
-    r2star = None
-    if magnitude is not None and magnitude.shape[3] >= 2 and (
-            config.check_phase_sign or config.reference == "csf" or config.inversion == "medi+0"):
-        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
 
     func = INVERSION_METHODS[config.inversion]
     params = method_parameters(func, options.get(config.inversion, {}), config.inversion)
@@ -452,7 +504,6 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             chi, offset = reference_to_region(chi, mask, region)
         record["offset_ppm"] = offset
 
-    checks = {}
     if config.check_phase_sign and r2star is not None:
         checks["phase_sign"] = phase_sign_check(chi, r2star, mask)
         if not checks["phase_sign"]["ok"]:
@@ -476,5 +527,5 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
                      mask=mask, brain_mask=brain, total_field_hz=total_field_hz, provenance=provenance)
 
 
-__all__ = ["PipelineConfig", "QSMResult", "reconstruct", "phase_sign_check", "method_parameters",
+__all__ = ["PipelineConfig", "QSMResult", "reconstruct", "phase_sign_check", "mask_plausibility", "method_parameters",
            "UNWRAP_METHODS", "BGREMOVE_METHODS", "INVERSION_METHODS", "REFERENCE_METHODS", "PRESETS"]
