@@ -287,13 +287,22 @@ def test_sample_head_loads_by_uri_from_sample_data_and_the_button_selects_it(con
     module.unload()
 
 
-def test_apply_reconstructs_the_sample_head_with_progress_and_records_the_preset(context, monkeypatch):
+@pytest.fixture
+def sample_in_panel(context):
+    """QSM Reconstruction's panel with the 2 mm sample head loaded by its Sample Data button."""
     from QSMReconstruction import loadSimulatedHead, registerSampleData
 
     registerSampleData()
     module = slicer_support.LoadedModule("QSMReconstruction")
-    widget = module.open_panel()
+    module.open_panel()
     loadSimulatedHead()
+    yield module.widget
+    module.unload()
+
+
+def test_apply_reconstructs_the_sample_head_with_progress_and_records_the_preset(context, sample_in_panel,
+                                                                                 monkeypatch):
+    widget = sample_in_panel
     widget.ui.presetComboBox.setCurrentText("fast")
     dialogs = []
     real_dialog = slicer.util.createProgressDialog
@@ -311,18 +320,14 @@ def test_apply_reconstructs_the_sample_head_with_progress_and_records_the_preset
     truth = sample_data.simulated_head(2.0)
     chi_array = nodes.array_from_volume(chi)
     mask = nodes.array_from_volume(parameters.outputMask) > 0
-    globus = truth.labels == 2
-    assert np.median(chi_array[mask & globus]) > np.median(chi_array[mask & (truth.labels == 8)]) + 0.08
-    module.unload()
+    label = {tissue.name: key for key, tissue in sample_data.head_tissues(2.0).items()}
+    pallidum = np.median(chi_array[mask & (truth.labels == label["GP"])])
+    white = np.median(chi_array[mask & (truth.labels == label["WM"])])
+    assert pallidum - white > 0.1  # true difference 0.16 ppm; measured 0.13 with the fast preset (TKD)
 
 
-def test_cancel_in_the_progress_dialog_stops_the_run_and_adds_nothing(context, monkeypatch):
-    from QSMReconstruction import loadSimulatedHead, registerSampleData
-
-    registerSampleData()
-    module = slicer_support.LoadedModule("QSMReconstruction")
-    widget = module.open_panel()
-    loadSimulatedHead()
+def test_cancel_in_the_progress_dialog_stops_the_run_and_adds_nothing(context, sample_in_panel, monkeypatch):
+    widget = sample_in_panel
     before = _scene_node_ids(context.scene)
     real_dialog = slicer.util.createProgressDialog
 
@@ -335,7 +340,6 @@ def test_cancel_in_the_progress_dialog_stops_the_run_and_adds_nothing(context, m
     assert widget.ui.statusLabel.text == "Cancelled"
     assert widget._parameterNode.outputSusceptibility is None
     assert _scene_node_ids(context.scene) == before
-    module.unload()
 
 
 def test_roi_statistics_from_the_panel_leave_no_node_behind_and_export_csv(context, tmp_path):
