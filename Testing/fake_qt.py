@@ -26,8 +26,6 @@ import types
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-_NOT_SET = object()
-
 
 # ---------------------------------------------------------------------------------------------
 # Signals

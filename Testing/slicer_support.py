@@ -25,7 +25,6 @@ import types
 from pathlib import Path
 
 import slicer
-import vtk
 
 import fake_qt
 
