@@ -133,6 +133,10 @@ def _add_pipeline_options(p):
                    help="B0 direction in voxel coordinates; default: from the image affine")
     p.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
                    help="1 (default): phase = +2 pi * field(Hz) * TE(s); -1 flips the phase")
+    p.add_argument("--accept-implausible-map", action="store_true",
+                   help="write the maps even when the physics checks call them impossible (1st-99th percentile "
+                        "beyond +-5 ppm, or a given --b0-dir that the image geometry and the field both "
+                        "contradict); by default the run stops and names the likely cause")
 
 
 def _get_parser():
@@ -185,6 +189,9 @@ def _get_parser():
                      help="output susceptibility NIfTI (ppm); the provenance (with the TV weight chosen from the "
                           "field's noise) goes beside it as F with .json for .nii.gz")
     inv.add_argument("--force", action="store_true", help="overwrite an existing output")
+    inv.add_argument("--accept-implausible-map", action="store_true",
+                     help="write the map even when the physics checks call it impossible (1st-99th percentile "
+                          "beyond +-5 ppm, or a --b0-dir that the geometry and the field both contradict)")
 
     cos = sub.add_parser("cosmos", help="COSMOS: susceptibility from the local fields of 2+ head orientations")
     cos.add_argument("--local-field", required=True, nargs="+", metavar="F",
@@ -420,6 +427,7 @@ def _config(args):
             options.setdefault("fieldmap", {})[key] = value
     return PipelineConfig.from_preset(args.preset, unwrap=args.unwrap, bgremove=args.bgremove,
                                       inversion=args.inversion, reference=args.reference, options=options,
+                                      accept_implausible_map=args.accept_implausible_map,
                                       shrink_mask_by_residual=args.shrink_mask_by_residual,
                                       accept_implausible_mask=args.accept_implausible_mask)
 
@@ -477,7 +485,7 @@ def _dispatch(args, progress):
             raise QSMInputError(f"--option {', '.join(sorted(unknown))}: only options of --method {args.method} apply")
         workflow.invert_field(args.local_field, args.out, unit=args.unit, mask_file=args.mask, b0_t=args.b0,
                               method=args.method, options=options.get(args.method), b0_dir=args.b0_dir,
-                              force=args.force, progress=progress)
+                              force=args.force, progress=progress, accept_implausible_map=args.accept_implausible_map)
         print(f"qsm: wrote {args.out} (ppm)", file=sys.stderr)
     elif args.command == "cosmos":
         options = _options(args.option)

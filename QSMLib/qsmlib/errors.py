@@ -21,5 +21,16 @@ class ImplausibleMaskError(QSMInputError):
         self.check = check
 
 
+class ImplausibleMapError(QSMInputError):
+    """The reconstructed map failed a physics check (see :func:`qsmlib.plausibility.assess`).
+
+    ``checks`` holds the checks' records, so that a caller can show them.
+    """
+
+    def __init__(self, message, checks=None):
+        super().__init__(message)
+        self.checks = checks
+
+
 class Cancelled(RuntimeError):
     """Raised from a progress callback to stop a running computation."""

@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
 from .constants import hz_per_ppm, hz_to_ppm
-from .errors import ImplausibleMaskError, QSMInputError
+from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import (AUTO_PARAMETERS, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov, tkd, tsvd,
                         tv_admm)
@@ -32,6 +32,7 @@ from .inversion.tv_weight import choose_tv_weight
 from .mask_check import check_brain_mask
 from .masking import brain_mask, erosion_radius_mm, opening_radius_mm
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
+from .plausibility import assess, phase_sign_check
 from .relaxometry import r2star_loglinear
 from .unwrap import unwrap_laplacian, unwrap_reliability, unwrap_romeo, voxel_quality
 from .validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_b0, check_echo_times
@@ -59,8 +60,6 @@ PRESETS = {
     "fast": {"unwrap": "romeo", "bgremove": "vsharp", "inversion": "tkd"},
 }
 
-#: Fraction of brain voxels with the highest R2* used by the phase-sign check.
-PHASE_SIGN_TOP_FRACTION = 0.02
 
 
 @dataclass
@@ -81,6 +80,10 @@ class PipelineConfig:
     #: Leave voxels whose fitted field is noise out of the data terms (see
     #: :func:`qsmlib.fieldmap.trusted_field_mask`); they keep a susceptibility value.
     exclude_untrusted_field: bool = True
+    #: Write a map that fails the physics checks (:func:`qsmlib.plausibility.assess`: a range no brain
+    #: has, a given B0 direction that both the image geometry and the field contradict); by default
+    #: the run stops with :class:`~qsmlib.errors.ImplausibleMapError`. The warning is recorded either way.
+    accept_implausible_map: bool = False
     #: Remove from the mask the high-residual clusters at its edge (see
     #: :func:`qsmlib.fieldmap.residual_exclusion_mask`), before background removal.
     shrink_mask_by_residual: bool = False
@@ -233,21 +236,6 @@ def software_info():
             "numpy": np.__version__}
 
 
-def phase_sign_check(chi_ppm, r2star_hz, mask, *, top_fraction=PHASE_SIGN_TOP_FRACTION):
-    """Check the phase convention from iron: high-R2* voxels must be paramagnetic.
-
-    Iron-rich nuclei and venous blood raise both R2* and susceptibility, so the
-    brain voxels with the highest R2* should have a clearly positive median
-    susceptibility. A negative median means the phase sign looks inverted.
-    """
-    values = r2star_hz[mask]
-    threshold = np.quantile(values, 1.0 - top_fraction)
-    top = mask & (r2star_hz >= threshold)
-    median = float(np.median(chi_ppm[top]))
-    return {"top_fraction": top_fraction, "r2star_threshold_hz": float(threshold),
-            "median_chi_ppm": median, "voxels": int(top.sum()), "ok": median > 0}
-
-
 def mask_plausibility(mask, voxel_size, *, source, magnitude=None, r2star_hz=None, b0_t=3.0, warnings=None,
                       accept=False):
     """Check a brain mask (:func:`qsmlib.mask_check.check_brain_mask`); warn, and stop on an implausible one.
@@ -281,7 +269,7 @@ def mask_plausibility(mask, voxel_size, *, source, magnitude=None, r2star_hz=Non
 
 def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, local_field_hz=None,
                 mask=None, b0_t, voxel_size, b0_dir, config=None, reference_region=None,
-                phase_unwrapped=False, progress=None):
+                phase_unwrapped=False, progress=None, image_b0_dir=None):
     """Run the QSM pipeline from whichever stage the inputs allow.
 
     Parameters
@@ -311,6 +299,10 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         Region for ``config.reference == "region"``.
     progress : callable(stage, fraction), optional
         Progress reporter; raise :class:`~qsmlib.errors.Cancelled` in it to stop.
+    image_b0_dir : 3-vector, optional
+        The B0 direction from the image geometry, when ``b0_dir`` was given instead
+        of it: the B0-direction check (:func:`qsmlib.plausibility.b0_direction_check`)
+        compares the two on the field.
 
     Returns
     -------
@@ -504,13 +496,22 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             chi, offset = reference_to_region(chi, mask, region)
         record["offset_ppm"] = offset
 
-    if config.check_phase_sign and r2star is not None:
-        checks["phase_sign"] = phase_sign_check(chi, r2star, mask)
-        if not checks["phase_sign"]["ok"]:
-            warnings.append("the phase convention looks inverted: the brain voxels with the highest R2* "
-                            f"have median susceptibility {checks['phase_sign']['median_chi_ppm']:.4f} ppm "
-                            "(expected positive for iron and veins); rerun with the phase sign flipped "
-                            "(--phase-sign -1) if this is not a lesion-dominated scan")
+    sign_skipped = None
+    if not config.check_phase_sign:
+        sign_skipped = "turned off (check_phase_sign=False)"
+    elif r2star is None:
+        sign_skipped = ("it needs an R2* map, and the run started from a field map without magnitude"
+                        if magnitude is None else "it needs an R2* map, which needs two or more echoes; one was given")
+    found, more_warnings, refusal = assess(chi, local_field_hz, mask, voxel_size, b0_dir, b0_t, r2star_hz=r2star,
+                                           image_b0_dir=image_b0_dir, mask_check=checks.get("mask"),
+                                           sign_skipped=sign_skipped)
+    checks.update(found)
+    if found["phase_sign"]["verdict"] == "skipped":
+        warnings.append(f"the phase-sign check was skipped: {found['phase_sign']['skipped']}")
+    if refusal is not None and not config.accept_implausible_map:
+        raise ImplausibleMapError(f"{refusal}. No map was written; if the input is right (a phantom, an unusual "
+                                  "sample), rerun with --accept-implausible-map", checks)
+    warnings.extend(([refusal] if refusal is not None else []) + more_warnings)
 
     provenance = {
         "software": software_info(),

@@ -153,8 +153,17 @@ def check_b0(b0_t, name="B0"):
         raise QSMInputError(f"{name}: {b0_t!r} is not a number; give the field strength in tesla") from None
     low, high = B0_RANGE_T
     if not (low <= b0 <= high):
-        raise QSMInputError(f"{name}: {b0} T is outside {low}-{high} T; "
-                            "give the field strength in tesla (for example 3)")
+        gamma_mhz = 42.577478
+        if low <= b0 / 1000 <= high and b0 >= 1000:
+            likely = f"; it looks like millitesla: give {b0 / 1000:.4g}"
+        elif low <= b0 / (gamma_mhz * 1e6) <= high:
+            likely = f"; it looks like the Larmor frequency in Hz: give {b0 / (gamma_mhz * 1e6):.4g}"
+        elif low <= b0 / gamma_mhz <= high and b0 > high:
+            likely = f"; it looks like the Larmor frequency in MHz: give {b0 / gamma_mhz:.4g}"
+        else:
+            likely = ""
+        raise QSMInputError(f"{name}: {b0:g} T is outside {low:g}-{high:g} T; "
+                            f"give the field strength in tesla (for example 3){likely}")
     return b0
 
 
@@ -183,7 +192,8 @@ def check_number(value, name, *, minimum=0.0, strict=False, maximum=None, unit="
             bounds.append(f"{'>' if strict else '>='} {minimum:g}")
         if maximum is not None:
             bounds.append(f"<= {maximum:g}")
-        raise QSMInputError(f"{name}: {value!r} is out of range; give a number{unit} "
+        shown = f"{number:g}" if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else repr(value)
+        raise QSMInputError(f"{name}: {shown} is out of range; give a number{unit} "
                             f"{' and '.join(bounds)}".rstrip())
     return number
 

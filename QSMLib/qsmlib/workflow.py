@@ -182,12 +182,13 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
         inputs["reference_mask"] = str(reference_mask_file)
     direction, direction_source = resolve_b0_dir(affine, b0_dir)
     log.info("B0 direction in voxel coordinates: (%.3f, %.3f, %.3f), from the %s", *direction, direction_source)
+    image_dir = None if b0_dir is None else b0_direction_from_affine(affine)
     result = reconstruct(magnitude=None if data is None else data.magnitude,
                          phase=None if data is None else data.phase,
                          te_s=None if data is None else data.te_s, mask=mask, b0_t=b0_t,
                          voxel_size=voxel_size_from_affine(affine), b0_dir=direction, config=config,
                          reference_region=region, phase_unwrapped=phase_unwrapped, progress=progress,
-                         **fields)
+                         image_b0_dir=image_dir, **fields)
     for warning in result.provenance["warnings"]:
         log.warning("%s", warning)
     provenance = dict(result.provenance)
@@ -210,8 +211,12 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
 
 
 def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, method="tv-admm", options=None,
-                 b0_dir=None, force=False, progress=None):
-    """Dipole inversion of a local field map file; writes a susceptibility map (ppm)."""
+                 b0_dir=None, force=False, progress=None, accept_implausible_map=False):
+    """Dipole inversion of a local field map file; writes a susceptibility map (ppm) and its provenance.
+
+    The map goes through the physics checks of :func:`qsmlib.plausibility.assess`;
+    ``accept_implausible_map`` writes it even when they call it impossible.
+    """
     if unit not in ("ppm", "hz"):
         raise QSMInputError(f"--unit {unit}: choose ppm or hz")
     if unit == "hz" and b0_t is None:
@@ -222,14 +227,15 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
     mask = load_mask(mask_file, field.shape, affine)
     b0 = check_b0(b0_t, name="B0 (--b0)") if b0_t is not None else 3.0
     field_hz = field if unit == "hz" else field * hz_per_ppm(b0)
-    config = PipelineConfig(inversion=method, reference="none",
+    config = PipelineConfig(inversion=method, reference="none", accept_implausible_map=accept_implausible_map,
                             options={method: dict(options or {})} if method in INVERSION_METHODS else {})
     direction, source = resolve_b0_dir(affine, b0_dir)
     # the provenance (parameters, the automatically chosen weight and its inputs) as a sidecar
     sidecar = (name[:-7] if name.endswith(".nii.gz") else os.path.splitext(name)[0]) + ".json"
     with OutputDirectory(out_dir, [name, sidecar], force=force, inputs=[local_field_file, mask_file]) as stage:
         result = reconstruct(local_field_hz=field_hz, mask=mask, b0_t=b0, voxel_size=voxel_size_from_affine(affine),
-                             b0_dir=direction, config=config, progress=progress)
+                             b0_dir=direction, config=config, progress=progress,
+                             image_b0_dir=None if b0_dir is None else b0_direction_from_affine(affine))
         save_nifti(stage.path(name), result.chi_ppm, affine, description="susceptibility (ppm)")
         provenance = dict(result.provenance, command=_command(), units={"chi": "ppm"},
                           inputs={"local_field": os.path.abspath(str(local_field_file)), "unit": unit,
@@ -238,6 +244,8 @@ def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, meth
         _write_json(stage.path(sidecar), provenance)
         result.provenance = provenance
     log.info("B0 direction (%.3f, %.3f, %.3f) from the %s", *direction, source)
+    for warning in result.provenance["warnings"]:
+        log.warning("%s", warning)
     return result
 
 
