@@ -263,3 +263,40 @@ def test_logging_is_restored_after_main(tmp_path, capsys):
     run_cli(["run", "--te", "0.004", "--out", tmp_path / "out"], capsys)
     assert (list(logger.handlers), logger.level, logger.propagate) == before
 
+
+
+def test_export_dicom_description_longer_than_dicom_allows_is_refused_first(tmp_path, capsys):
+    text = "QSM susceptibility (ppm) " + "x" * 40
+    status, err = run_cli(["export-dicom", tmp_path / "missing.nii.gz", "--reference", tmp_path, "--out",
+                           tmp_path / "out", "--description", text], capsys)
+    assert status == 2 and f"--description: {len(text)} characters" in one_error_line(err)
+    for bad, message in (("QSM\\ppm", "backslash"), ("susceptibility in ppm", "must say QSM and ppm")):
+        status, err = run_cli(["export-dicom", tmp_path / "missing.nii.gz", "--reference", tmp_path, "--out",
+                               tmp_path / "out", "--description", bad], capsys)
+        assert status == 2 and message in one_error_line(err)
+
+
+def test_regions_csv_cells_never_become_spreadsheet_formulas(tmp_path):
+    import csv
+
+    from qsmlib.batch import write_regions_csv
+
+    records = [{"subject": "01", "session": None, "regions": [
+        {"region": '=HYPERLINK("http://x","y")', "label": 1, "mean_ppm": -0.02, "median_ppm": -0.01,
+         "sd_ppm": 0.01, "voxels": 10},
+        {"region": "+cmd", "label": 2, "mean_ppm": 0.1, "median_ppm": 0.1, "sd_ppm": 0.0, "voxels": 3},
+        {"region": "Putamen", "label": 3, "mean_ppm": 0.05, "median_ppm": 0.05, "sd_ppm": 0.0, "voxels": 3}]}]
+    write_regions_csv(tmp_path / "regions.csv", records)
+    with open(tmp_path / "regions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["region"] for r in rows] == ['\'=HYPERLINK("http://x","y")', "'+cmd", "Putamen"]
+    assert rows[0]["mean_ppm"] == "-0.02"  # numbers stay numbers, negative ones included
+
+
+def test_mask_help_says_what_counts_as_inside():
+    from qsmlib.cli import _get_parser
+
+    parser = _get_parser()
+    for command in ("run", "swi", "unwrap", "r2star", "batch"):
+        text = parser._subparsers._group_actions[0].choices[command].format_help()
+        assert "non-zero inside" not in text and "values above 0.5" in " ".join(text.split()), command

@@ -469,15 +469,29 @@ def flag_outliers(records, *, threshold=OUTLIER_Z, min_subjects=3):
     return records
 
 
+def spreadsheet_safe(text):
+    """A text cell that a spreadsheet shows as text: a leading = + - @ tab or return gets a ' before it.
+
+    Region names come from the user's label tables; "=HYPERLINK(...)" there must not become a formula
+    (OWASP, CSV injection). Numbers are written as numbers and are not passed through here.
+    """
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_regions_csv(path, records):
-    """One CSV row per subject and region: subject, session, region, label, mean, median, SD, voxels."""
+    """One CSV row per subject and region: subject, session, region, label, mean, median, SD, voxels.
+
+    Text cells go through :func:`spreadsheet_safe`.
+    """
     columns = ["subject", "session", "region", "label", "mean_ppm", "median_ppm", "sd_ppm", "voxels"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in records:
             for region in r.get("regions") or ():
-                writer.writerow([r["subject"], r["session"] or ""] + [region[c] for c in columns[2:]])
+                writer.writerow([spreadsheet_safe(r["subject"]), spreadsheet_safe(r["session"] or ""),
+                                 spreadsheet_safe(region["region"])] + [region[c] for c in columns[3:]])
 
 
 def _ppm(value):

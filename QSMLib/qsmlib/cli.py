@@ -89,8 +89,8 @@ def _positive_float(text):
 
 
 def _add_pipeline_options(p):
-    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude "
-                                                "and phase quality, and checked for plausibility")
+    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (inside: values above 0.5); default: computed from "
+                                                "magnitude and phase quality, and checked for plausibility")
     p.add_argument("--accept-implausible-mask", action="store_true",
                    help="write the maps even when the automatic brain mask fails its plausibility check "
                         "(volume beyond 2000 mL, many background-dark or fast-decaying voxels, ragged shape); "
@@ -293,7 +293,8 @@ def _add_multi_echo_source(p, *, phase):
     src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--mask", metavar="F", help="brain mask NIfTI (non-zero inside); default: computed from magnitude")
+    p.add_argument("--mask", metavar="F",
+                   help="brain mask NIfTI (inside: values above 0.5); default: computed from magnitude")
 
 
 def _filter_size(text):
@@ -511,8 +512,6 @@ def _dispatch(args, progress):
                                b0_t=args.b0, force=args.force)
         print(f"qsm: wrote the BIDS dataset to {args.out}", file=sys.stderr)
     elif args.command == "export-dicom":
-        if "qsm" not in args.description.lower() or "ppm" not in args.description.lower():
-            raise QSMInputError(f"--description {args.description!r}: must say QSM and ppm")
         written = workflow.export_dicom(args.chi, args.reference, args.out, series_description=args.description,
                                         force=args.force)
         print(f"qsm: wrote {len(written['names'])} DICOM files to {args.out} "

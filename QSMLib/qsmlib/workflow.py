@@ -784,8 +784,9 @@ def export_dicom(chi_file, reference_dir, out_dir, *, series_description="QSM su
         ``names``, ``series_instance_uid`` and ``rescale_slope`` (ppm per stored unit).
     """
     from .io.dicom import collect_series
-    from .io.dicom_export import series_file_names, write_qsm_series
+    from .io.dicom_export import check_series_description, series_file_names, write_qsm_series
 
+    check_series_description(series_description)
     inputs = _flatten([[chi_file], reference_dir])
     OutputDirectory(out_dir, [], force=force, inputs=inputs)
     chi, affine = load_field(chi_file)

@@ -61,6 +61,30 @@ def rescale_step(chi_ppm):
                         "16 bits; check the map's units (ppm expected)")
 
 
+#: SeriesDescription is a DICOM LO (long string): at most 64 characters, no backslash or control character.
+MAX_DESCRIPTION_CHARS = 64
+
+
+def check_series_description(text, *, name="--description"):
+    """Refuse a SeriesDescription that would make a non-conformant DICOM field, or that hides the unit.
+
+    Returns
+    -------
+    str
+        ``text``.
+    """
+    text = str(text)
+    if len(text) > MAX_DESCRIPTION_CHARS:
+        raise QSMInputError(f"{name}: {len(text)} characters; DICOM's SeriesDescription holds at most "
+                            f"{MAX_DESCRIPTION_CHARS}: shorten it")
+    if "\\" in text or any(ord(c) < 32 for c in text):
+        raise QSMInputError(f"{name} {text!r}: a backslash or a control character cannot go into a DICOM "
+                            "SeriesDescription; remove it")
+    if "qsm" not in text.lower() or "ppm" not in text.lower():
+        raise QSMInputError(f"{name} {text!r}: must say QSM and ppm")
+    return text
+
+
 def write_qsm_series(path_for, chi_ppm, affine, reference, *, series_description="QSM susceptibility (ppm)",
                      series_number=None):
     """Write ``chi_ppm`` as a derived MR series beside the ``reference`` series.
@@ -78,7 +102,7 @@ def write_qsm_series(path_for, chi_ppm, affine, reference, *, series_description
         The source DICOM series (folder or files), or it already collected
         (:func:`~qsmlib.io.dicom.collect_series`).
     series_description : str
-        Must say QSM and the unit.
+        Must say QSM and the unit, in at most 64 characters (:func:`check_series_description`).
     series_number : int, optional
         Default: the reference's SeriesNumber + 1000.
 
@@ -87,6 +111,7 @@ def write_qsm_series(path_for, chi_ppm, affine, reference, *, series_description
     dict
         ``names`` (files written), ``series_instance_uid``, ``rescale_slope``.
     """
+    check_series_description(series_description, name="series_description")
     _pydicom()  # a clear error when pydicom is missing
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
