@@ -37,6 +37,8 @@ def snapshot(folder):
                 entries[relative] = ("link", os.readlink(path), st.st_mode)
             elif os.path.isdir(path):
                 entries[relative] = ("dir", None, st.st_mode)
+            elif not os.path.isfile(path):  # a FIFO or a device: never read (it could block)
+                entries[relative] = ("other", None, st.st_mode)
             else:
                 with open(path, "rb") as f:
                     entries[relative] = ("file", hashlib.sha256(f.read()).hexdigest(), st.st_mode)

@@ -117,12 +117,16 @@ def nifti_header(path, *, name=None):
         shape = tuple(int(n) for n in image.shape)
         itemsize = np.dtype(header.get_data_dtype()).itemsize
         offset = int(header.get_data_offset())
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, TypeError, OverflowError,
-            MemoryError) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError, ValueError,
+            TypeError, OverflowError, MemoryError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QSMInputError(f"{name}: cannot be read as NIfTI ({text}); give an intact .nii or .nii.gz file") from None
     if not shape or any(n < 1 for n in shape):
         raise QSMInputError(f"{name}: the header claims the shape {shape}; give an intact NIfTI file")
+    scaling = _raw_scaling(path, type(header))  # nibabel replaces an infinite scaling by "none" on loading
+    if any(np.isinf(v) for v in scaling):
+        raise QSMInputError(f"{name}: the header's intensity scaling (scl_slope {scaling[0]:g}, scl_inter "
+                            f"{scaling[1]:g}) is infinite; the header is corrupt: fix it or export the image again")
     nbytes = int(np.prod(shape, dtype=object)) * itemsize
     if not path.endswith(".gz"):
         size = os.path.getsize(path)
@@ -184,6 +188,19 @@ def verify_data(path, *, name=None):
                                 f"({needed / 2 ** 20:.1f} MiB) but the compressed data is shorter or corrupt; the "
                                 "file is truncated or its header is wrong")
     _verified.add(key)
+
+
+def _raw_scaling(path, header_class):
+    """scl_slope and scl_inter as the file holds them, before nibabel's header fixes."""
+    from nibabel.openers import ImageOpener
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        with ImageOpener(path) as f:
+            raw = header_class.from_fileobj(f, check=False)
+        return [float(np.asarray(raw[key]).item()) for key in ("scl_slope", "scl_inter")]
+    except (OSError, EOFError, ValueError, KeyError, HeaderDataError, zlib.error):
+        return []  # the header was read once already; this is a second look only
 
 
 def check_reading(path, *, name=None, dtype_bytes=4):

@@ -22,7 +22,8 @@ def check_nifti_path(path, *, name=None):
     if not os.path.exists(path):
         raise QSMInputError(f"{name}: file not found; check the path")
     if not os.path.isfile(path):
-        raise QSMInputError(f"{name}: is a folder, not a NIfTI file; give the .nii or .nii.gz file")
+        raise QSMInputError(f"{name}: is {'a folder' if os.path.isdir(path) else 'not a regular file'}, not a "
+                            "NIfTI file; give the .nii or .nii.gz file")
     if not path.endswith((".nii", ".nii.gz")):
         raise QSMInputError(f"{name}: not a NIfTI file (.nii or .nii.gz); convert it first "
                             "(for example DICOM with dcm2niix)")
@@ -49,10 +50,15 @@ def load_nifti(path, *, name=None):
             raise QSMInputError(f"{name}: this is a {type(image).__name__}, not NIfTI; "
                                 "convert it to .nii or .nii.gz (for example with dcm2niix)")
         check_reading(path, name=name)  # the header's claim against the file and the free memory, before reading
+        kind = np.dtype(image.get_data_dtype())
+        if kind.kind == "c" or kind.fields is not None:
+            raise QSMInputError(f"{name}: holds {'complex' if kind.kind == 'c' else 'colour (RGB)'} values; give "
+                                "real images (magnitude and phase as separate files)")
         data = np.asarray(image.dataobj, dtype=np.float32)
     except QSMInputError:
         raise
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError, ValueError,
+            zlib.error) as exc:
         raise QSMInputError(f"{name}: cannot be read as NIfTI ({exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else 'corrupt data'}); "
                             "give an intact .nii or .nii.gz file") from None
