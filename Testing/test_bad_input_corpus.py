@@ -163,6 +163,13 @@ def fault_bad_pixdim(case, base, rng):
     return _run_scan(case)
 
 
+def fault_vox_offset(case, base, rng):
+    _copy(base, case, "scan")
+    target = _scan_target(case, rng)
+    _patch(target, VOX_OFFSET, "<f", rng.choice([1e6, 1e9, 2.0 ** 40, -352.0, float("nan")]))
+    return _run_scan(case)
+
+
 def fault_nonfinite_data(case, base, rng):
     _copy(base, case, "scan")
     target = case / "scan" / rng.choice(["mag.nii.gz", "phase.nii.gz"])
@@ -454,7 +461,7 @@ def fault_other_commands(case, base, rng):
 
 FAULTS = {f.__name__[len("fault_"):]: f for f in (
     fault_header_claims_huge, fault_truncated, fault_garbage_bytes, fault_bad_dim, fault_bad_datatype,
-    fault_bad_pixdim, fault_nonfinite_data, fault_infinite_scale, fault_shape, fault_value_kind, fault_affine,
+    fault_bad_pixdim, fault_vox_offset, fault_nonfinite_data, fault_infinite_scale, fault_shape, fault_value_kind, fault_affine,
     fault_special_path, fault_gzip_bomb, fault_sidecar_echo_time, fault_sidecar_field_strength,
     fault_sidecar_not_an_object, fault_sidecar_consistency, fault_dicom, fault_option_string,
     fault_number_options, fault_other_commands)}
