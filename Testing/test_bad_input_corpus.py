@@ -485,6 +485,7 @@ def _run(argv, capsys):
     return status, captured.err + captured.out
 
 
+@pytest.mark.filterwarnings("error")  # a warning would be a second line on the terminal
 @pytest.mark.parametrize("number, fault", _cases(), ids=lambda value: str(value))
 def test_bad_input_is_refused_in_one_line_and_changes_nothing(base, tmp_path, capsys, number, fault):
     case = tmp_path / "case"

@@ -183,7 +183,12 @@ def image_part(ds):
 def _orientation(ds):
     iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
     row, col = iop[:3], iop[3:]
-    return row / np.linalg.norm(row), col / np.linalg.norm(col)
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if iop.size != 6 or not all(np.isfinite(n) and n > 1e-6 for n in norms):
+        raise QSMInputError(f"{getattr(ds, 'filename', 'a DICOM file')}: ImageOrientationPatient "
+                            f"{[float(v) for v in iop]} is not two directions; the header is corrupt: export the "
+                            "series again")
+    return row / norms[0], col / norms[1]
 
 
 def _geometry_key(ds):
