@@ -192,3 +192,15 @@ def test_library_callers_get_the_refusal_as_an_exception(head, fast_result):
 def test_field_strength_in_another_unit_gets_its_correction(value, advice):
     with pytest.raises(QSMInputError, match=advice.replace("(", r"\(").replace(")", r"\)")):
         check_b0(value, name="B0 (--b0)")
+
+
+def test_deep_voxels_on_the_bounding_box_equal_the_full_distance_transform(head):
+    from scipy import ndimage
+
+    from qsmlib.plausibility import deep_voxels
+
+    phantom, _sim = head
+    mask = phantom.brain_mask
+    for depth_mm in (0.5, 6.0, 15.0):
+        full = mask & (ndimage.distance_transform_edt(mask, sampling=phantom.voxel_size_mm) >= depth_mm)
+        np.testing.assert_array_equal(deep_voxels(mask, phantom.voxel_size_mm, depth_mm), full)

@@ -178,6 +178,22 @@ def local_field_extent_ppm(local_field_hz, mask, b0_t):
     return float(np.max(np.abs(np.percentile(values, [1, 99])))) if values.size else 0.0
 
 
+def deep_voxels(mask, voxel_size, depth_mm):
+    """The voxels of ``mask`` at least ``depth_mm`` from its edge (Euclidean, on the mask's bounding box)."""
+    from scipy import ndimage
+
+    from .masking import bounding_box
+
+    mask = np.asarray(mask, bool)
+    deep = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return deep
+    box = bounding_box(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+    deep[box] = depth >= depth_mm
+    return deep
+
+
 def phase_sign_check(chi_ppm, r2star_hz, mask, *, voxel_size=(1.0, 1.0, 1.0), top_fraction=PHASE_SIGN_TOP_FRACTION,
                      depth_mm=PHASE_SIGN_DEPTH_MM):
     """Check the phase convention from iron: the deep brain voxels with the highest R2* must be paramagnetic.
@@ -193,10 +209,7 @@ def phase_sign_check(chi_ppm, r2star_hz, mask, *, voxel_size=(1.0, 1.0, 1.0), to
         "skipped" (with ``skipped``: why); ``ok`` is False only when inverted;
         ``median_chi_ppm``, ``voxels``, ``r2star_threshold_hz``, ``depth_mm``.
     """
-    from scipy import ndimage
-
-    depth = ndimage.distance_transform_edt(mask, sampling=voxel_size)
-    deep = mask & (depth >= depth_mm)
+    deep = deep_voxels(mask, voxel_size, depth_mm)
     record = {"top_fraction": top_fraction, "depth_mm": depth_mm}
     if deep.sum() < PHASE_SIGN_MIN_VOXELS / top_fraction:
         record.update(verdict="skipped", ok=True,
