@@ -241,12 +241,15 @@ def completed_hash(out_dir, job):
 
 # --- one subject (runs on a Dask worker) --------------------------------------------------------
 
-def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_file=None, force=False):
+def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_file=None, force=False, atlas=None):
     """Reconstruct one subject into ``out_dir`` unless it is finished with the same content hash.
 
     Never raises for a subject's own problem: returns a dict with ``status``
     ("done", "skipped" or "failed"), ``error`` and ``traceback`` when it failed,
     ``time_s``, the QC ``metrics`` and, with ``labels_file``, per-region ``regions``.
+    With ``atlas`` (from :func:`prepare_atlas`) the template is registered to
+    the subject's map and its labels give the regions (:func:`segment_subject`);
+    a failed registration fails this subject, its map stays.
     """
     start = time.perf_counter()
     record = {"subject": job.subject, "session": job.session, "key": job.key, "status": None,
@@ -261,6 +264,10 @@ def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_fi
             record["status"] = "done"
         record["content_hash"] = digest
         record["outputs"] = subject_outputs(job)
+        if atlas is not None:
+            record["outputs"] += atlas_outputs(job)[:-1]
+            labels_file = segment_subject(bids_dir, out_dir, job, atlas, digest, force=force)
+            record["outputs"].append(atlas_outputs(job)[-1])
         record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file)
     except Exception as exc:  # one subject's failure must not stop the cohort
         record["status"] = "failed"
@@ -310,6 +317,106 @@ def _commit(out_dir, job, moves):
     for src, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, target)
+
+
+# --- atlas labels (qsm batch --atlas) ----------------------------------------------------------------
+
+#: Segmentation output name -> BIDS derivatives suffix; the last (the registration report) is the
+#: sidecar that marks the segmentation complete.
+ATLAS_SUFFIXES = (("labels.nii.gz", "desc-atlas_dseg.nii.gz"), ("labels.tsv", "desc-atlas_dseg.tsv"),
+                  ("atlas_transform.h5", "desc-atlas_xfm.h5"), ("atlas_registration.json", "desc-atlas_dseg.json"))
+ATLAS_QC_SUFFIX = "desc-atlas_montage.png"
+
+
+def atlas_outputs(job):
+    """Relative paths of a subject's atlas segmentation, its sidecar last."""
+    files = [job.anat(suffix) for _name, suffix in ATLAS_SUFFIXES]
+    return files[:-1] + [f"{job.folder}/figures/{job.key}_{ATLAS_QC_SUFFIX}", files[-1]]
+
+
+def prepare_atlas(atlas_dir, options=None, labels_pattern=None):
+    """Check a template folder once, before any subject runs: what :func:`process_subject` needs of it.
+
+    Returns None without ``atlas_dir``; otherwise a dict with the folder,
+    the template's content digest, the registration options and the label names.
+    """
+    if atlas_dir is None:
+        return None
+    if labels_pattern:
+        raise QSMInputError("give either --atlas or --labels-pattern: both would name the regions")
+    from .atlas import RegistrationOptions, load_template
+
+    template = load_template(atlas_dir)
+    options = (options or RegistrationOptions()).validate()
+    return {"dir": template.folder, "digest": template.digest(), "options": dataclasses.asdict(options),
+            "names": [info.name for _value, info in sorted(template.table.items())]}
+
+
+def _atlas_hash(atlas, map_digest):
+    text = json.dumps({"map": map_digest, "template": atlas["digest"], "options": atlas["options"]}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _atlas_done(out_dir, job, digest):
+    try:
+        data = json.loads((Path(out_dir) / atlas_outputs(job)[-1]).read_text())
+    except (OSError, ValueError):
+        return False
+    batch = data.get("batch", {}) if isinstance(data, dict) else {}
+    return bool(batch.get("complete")) and batch.get("content_hash") == digest and all(
+        (Path(out_dir) / f).is_file() for f in atlas_outputs(job))
+
+
+def segment_subject(bids_dir, out_dir, job, atlas, map_digest, *, force=False):
+    """Register the template to a finished subject's map; write its labels; return the label file.
+
+    Skipped when the subject's segmentation is complete for the same map,
+    template and options. Files are written into a work folder and renamed
+    into place, the sidecar last, so a killed run never leaves a segmentation
+    that a rerun takes as done.
+
+    Raises
+    ------
+    qsmlib.atlas.RegistrationFailed
+        When the registration is implausible (nothing is written then).
+    """
+    from .atlas import RegistrationOptions, load_template
+    from .atlas.segment import segment_arrays, write_segmentation
+    from .io import load_nifti
+
+    digest = _atlas_hash(atlas, map_digest)
+    targets = atlas_outputs(job)
+    if force or not _atlas_done(out_dir, job, digest):
+        template = load_template(atlas["dir"])
+        chi, affine = load_nifti(Path(out_dir) / job.anat("Chimap.nii.gz"))
+        mask = load_nifti(Path(out_dir) / job.anat("desc-brain_mask.nii.gz"))[0] > 0
+        magnitude = _first_echo_magnitude(bids_dir, job)
+        work = Path(out_dir) / WORK_FOLDER / f"{job.key}-atlas"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.mkdir(parents=True)
+            result = segment_arrays(template, chi_ppm=chi, magnitude=magnitude, affine=affine, mask=mask,
+                                    options=RegistrationOptions(**atlas["options"]))
+            write_segmentation(lambda name: str(work / name), result, template, affine, chi_ppm=chi,
+                               magnitude=magnitude)
+            report = json.loads((work / "atlas_registration.json").read_text())
+            report["batch"] = {"complete": True, "content_hash": digest, "map_content_hash": map_digest,
+                               "outputs": targets,
+                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            (work / "atlas_registration.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+            sources = [name for name, _suffix in ATLAS_SUFFIXES]
+            moves = list(zip(sources[:-1] + ["atlas_qc.png", sources[-1]], targets))
+            old_sidecar = Path(out_dir) / targets[-1]
+            if old_sidecar.exists():
+                old_sidecar.unlink()
+            for name, relative in moves:
+                target = Path(out_dir) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / name, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return str(Path(out_dir) / targets[0])
 
 
 # --- QC ----------------------------------------------------------------------------------------
@@ -411,15 +518,25 @@ def subject_statistics(out_dir, job, labels_file=None):
                                 f"susceptibility map {chi.shape} (shape and affine); give labels on the "
                                 "grid of the input data")
         labels = np.rint(labels.reshape(chi.shape)).astype(np.int64)
-        names = read_label_names(labels_file)
-        for value in sorted(set(np.unique(labels[mask]).tolist()) - {0}):
-            region_values = chi[mask & (labels == value)].astype(np.float64)
-            regions.append({"region": names.get(value, f"label-{value}"), "label": int(value),
-                            "mean_ppm": float(region_values.mean()),
-                            "median_ppm": float(np.median(region_values)),
-                            "sd_ppm": float(region_values.std(ddof=1)) if region_values.size > 1 else 0.0,
-                            "voxels": int(region_values.size)})
+        regions = label_statistics(chi, labels, mask, read_label_names(labels_file))
     return metrics, regions
+
+
+def label_statistics(chi, labels, mask, names):
+    """Susceptibility statistics per label inside ``mask``, one dict per label with voxels there.
+
+    Each: ``region`` (the name from ``names``, else ``label-<N>``), ``label``,
+    ``mean_ppm``, ``median_ppm``, ``sd_ppm`` (sample SD) and ``voxels``.
+    """
+    regions = []
+    for value in sorted(set(np.unique(labels[mask]).tolist()) - {0}):
+        region_values = chi[mask & (labels == value)].astype(np.float64)
+        regions.append({"region": names.get(value, f"label-{value}"), "label": int(value),
+                        "mean_ppm": float(region_values.mean()),
+                        "median_ppm": float(np.median(region_values)),
+                        "sd_ppm": float(region_values.std(ddof=1)) if region_values.size > 1 else 0.0,
+                        "voxels": int(region_values.size)})
+    return regions
 
 
 def robust_z(values, *, min_scale=0.0):
@@ -739,7 +856,8 @@ class _Cluster:
 
 def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
               threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
-              b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None):
+              b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
+              atlas_dir=None, atlas_options=None):
     """Reconstruct every subject of a BIDS dataset on Dask; write a derivatives dataset and QC.
 
     Parameters
@@ -759,6 +877,12 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
         region names come from the ``.tsv`` beside it. Writes ``regions.csv``.
     force : bool
         Recompute finished subjects too.
+    atlas_dir : path, optional
+        A template folder (:mod:`qsmlib.atlas`) registered to every subject's map:
+        its labels (``desc-atlas_dseg``), QC picture and transform are written per
+        subject, and ``regions.csv`` from them. A failed registration fails that
+        subject alone. Not with ``labels_pattern``.
+    atlas_options : qsmlib.atlas.RegistrationOptions, optional
     mask_file, config, b0_dir, phase_sign, phase_unwrapped, reference_mask_file
         As for :func:`qsmlib.workflow.run_qsm`, the same for every subject.
     progress : callable, optional
@@ -800,7 +924,8 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
                                  workers=workers, threads_per_worker=threads_per_worker,
                                  labels_pattern=labels_pattern, force=force, mask_file=mask_file, config=config,
                                  b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
-                                 reference_mask_file=reference_mask_file, progress=progress)
+                                 reference_mask_file=reference_mask_file, progress=progress,
+                                 atlas_dir=atlas_dir, atlas_options=atlas_options)
     except BaseException:
         lock.release()
         if created:  # refused before writing anything: leave no empty folder behind
@@ -827,7 +952,8 @@ def remove_dead_work(out_dir):
 
 def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
                       threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
-                      b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None):
+                      b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
+                      atlas_dir=None, atlas_options=None):
     """:func:`run_batch` once it holds the output folder's lock."""
     from distributed import as_completed
 
@@ -838,6 +964,7 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise QSMInputError("--workers and --threads-per-worker must be 1 or more")
     config = (config or PipelineConfig()).validate()
+    atlas = prepare_atlas(atlas_dir, atlas_options, labels_pattern)
     jobs = discover_subjects(bids_dir, participant_labels)
     run_kwargs = {"config": config, "b0_dir": None if b0_dir is None else [float(v) for v in b0_dir],
                   "phase_sign": phase_sign, "phase_unwrapped": phase_unwrapped,
@@ -890,7 +1017,7 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
             for job in runnable:
                 future = cluster.client.submit(process_subject, bids_dir, out_dir, job, run_kwargs, parameters,
                                                labels_file=_labels_for(bids_dir, job, labels_pattern),
-                                               force=force, key=f"qsm-{job.key}-{parameters_digest(parameters)}",
+                                               atlas=atlas, force=force, key=f"qsm-{job.key}-{parameters_digest(parameters)}",
                                                pure=False, resources=cluster.task_resources)
                 futures[future] = job
             for future in as_completed(list(futures)):
@@ -929,8 +1056,9 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
               "subjects": records}
     _atomic_write_text(Path(out_dir) / "batch_report.json", json.dumps(report, indent=2, default=str) + "\n")
     _atomic_write_text(Path(out_dir) / "batch_summary.txt", summary_text(report))
-    _atomic_write_text(Path(out_dir) / "index.html", qc_index_html(records))
-    if labels_pattern:
+    _atomic_write_text(Path(out_dir) / "index.html",
+                       qc_index_html(records, dgm_names=None if atlas is None else atlas["names"]))
+    if labels_pattern or atlas is not None:
         tmp = Path(out_dir) / f".regions.csv.{os.getpid()}.tmp"
         write_regions_csv(tmp, records)
         os.replace(tmp, Path(out_dir) / "regions.csv")

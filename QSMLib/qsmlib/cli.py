@@ -170,6 +170,7 @@ def _get_parser():
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
     run.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_pipeline_options(run)
+    _add_atlas_option(run)
     run.add_argument("--also", nargs="+", choices=("swi", "r2star"), default=[], metavar="MAP",
                      help="also write swi: swi.nii.gz and mip.nii.gz (SWI from the local field, magnitude "
                           "units); r2star: r2star.nii.gz (1/s), t2star.nii.gz (s), s0.nii.gz; options with "
@@ -242,6 +243,7 @@ def _get_parser():
                      help="echo unwrapped in space, counted from 1 (default 1); the others follow in time")
     _add_batch_parser(sub)
     _add_dicom_parsers(sub)
+    _add_atlas_parsers(sub)
 
     demo = sub.add_parser("demo", help="simulate the head phantom, reconstruct it, and write a report")
     demo.add_argument("--out", default="qsm-demo", metavar="DIR", help="output folder (default qsm-demo)")
@@ -450,7 +452,7 @@ def _dispatch(args, progress):
                          reference_labels=args.reference_labels, config=_config(args),
                          b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
                          force=args.force, progress=progress, also=args.also, also_options=also_options,
-                         dicom_dir=args.dicom)
+                         dicom_dir=args.dicom, atlas_dir=args.atlas, atlas_options=_atlas_options(args))
         extra = "".join(f", {name}" for name in args.also)
         print(f"qsm: wrote {args.out}/chi.nii.gz (ppm){extra} and provenance.json", file=sys.stderr)
     elif args.command == "swi":
@@ -516,6 +518,8 @@ def _dispatch(args, progress):
                                         force=args.force)
         print(f"qsm: wrote {len(written['names'])} DICOM files to {args.out} "
               f"({written['rescale_slope']:g} ppm per stored unit)", file=sys.stderr)
+    elif args.command in ("segment", "atlas"):
+        return _run_atlas_command(args)
     elif args.command == "batch":
         return _run_batch(args)
     elif args.command == "demo":
@@ -547,6 +551,7 @@ def _add_batch_parser(sub):
                         "beside it); writes regions.csv")
     p.add_argument("--force", action="store_true", help="recompute finished subjects too")
     _add_pipeline_options(p)
+    _add_atlas_option(p)
 
 
 def _run_batch(args):
@@ -560,11 +565,94 @@ def _run_batch(args):
     report = run_batch(args.bids_dir, args.out, participant_labels=args.participant_label,
                        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
                        labels_pattern=args.labels_pattern, force=args.force, config=_config(args),
-                       b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped)
+                       b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
+                       atlas_dir=args.atlas, atlas_options=_atlas_options(args))
     counts = report["counts"]
     print(f"qsm: batch: {counts['done']} processed, {counts['skipped']} unchanged, {counts['failed']} failed; "
           f"see {args.out}/index.html and {args.out}/batch_summary.txt", file=sys.stderr)
     return main_exit_status(report)
+
+
+def _add_atlas_option(p):
+    p.add_argument("--atlas", metavar="DIR",
+                   help="template folder (template image, labels.nii.gz, labels.tsv; see qsm atlas check): "
+                        "registered to the susceptibility map (rigid, affine, deformable) to label the deep grey "
+                        "matter; writes the labels, a QC picture, the transform and regions.csv (ppm per region)")
+    p.add_argument("--atlas-deformable", choices=("auto", "demons", "bspline", "none"), default="auto",
+                   help="deformable stage of the atlas registration: auto (default; diffeomorphic demons for a "
+                        "susceptibility template, B-spline with mutual information otherwise), demons, bspline, none")
+    p.add_argument("--atlas-labels", choices=("gaussian", "nearest"), default="gaussian",
+                   help="how labels are carried onto the subject's voxels: gaussian (default; label-Gaussian "
+                        "interpolation, smooth borders) or nearest (nearest neighbour)")
+
+
+def _atlas_options(args):
+    if args.atlas is None:
+        if args.atlas_deformable != "auto" or args.atlas_labels != "gaussian":
+            raise QSMInputError("--atlas-deformable and --atlas-labels apply with --atlas DIR only")
+        return None
+    from .atlas.segment import options_from
+
+    return options_from(args.atlas_deformable, args.atlas_labels)
+
+
+def _add_atlas_parsers(sub):
+    seg = sub.add_parser("segment", help="label the deep grey matter of a susceptibility map with a template",
+                         description="Registers the template to the subject (rigid, affine, then deformable; "
+                                     "mutual information for magnitude, correlation for susceptibility) and writes "
+                                     "DIR/labels.nii.gz with labels.tsv (names, colours), atlas_qc.png (label "
+                                     "outlines), atlas_transform.h5 (ITK), atlas_registration.json (stages, checks) "
+                                     "and, with --chi, regions.csv (mean, median, SD in ppm per region). An "
+                                     "implausible registration (affine determinant, vanished labels, low final "
+                                     "similarity) is refused with exit status 2.")
+    seg.add_argument("--chi", metavar="F", help="susceptibility map NIfTI (ppm), e.g. chi.nii.gz of qsm run")
+    seg.add_argument("--mag", metavar="F", help="magnitude NIfTI on the same grid (3D, or 4D: first echo used)")
+    seg.add_argument("--mask", metavar="F", help="brain mask NIfTI (voxels with values above 0.5 are inside; "
+                                                  "default: where the map is non-zero)")
+    seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_atlas_option(seg)
+
+    atlas = sub.add_parser("atlas", help="atlas templates: check a template folder, or write the head model as one")
+    tasks = atlas.add_subparsers(dest="atlas_command", metavar="TASK")
+    tasks.required = True
+    check = tasks.add_parser("check", help="validate a template folder and list its labels")
+    check.add_argument("folder", metavar="DIR", help="template folder")
+    model = tasks.add_parser("head-model", help="write QSMLib's head model as a template folder (demo and tests)")
+    model.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    model.add_argument("--voxel-size", type=_positive_float, default=1.0, metavar="MM",
+                       help="voxel size of the template in mm (default 1)")
+    model.add_argument("--force", action="store_true", help="overwrite an existing template there")
+
+
+def _run_atlas_command(args):
+    from .atlas import check_template, write_head_model_template
+    from .atlas.segment import run_segment
+
+    if args.command == "segment":
+        if args.atlas is None:
+            raise QSMInputError("qsm segment needs --atlas DIR, the template folder")
+        if args.chi is None and args.mag is None:
+            raise QSMInputError("give the subject's susceptibility map (--chi) or a magnitude image (--mag), or both")
+        result = run_segment(args.out, atlas_dir=args.atlas, chi_file=args.chi, magnitude_file=args.mag,
+                             mask_file=args.mask, options=_atlas_options(args), force=args.force)
+        quality = result.quality
+        print(f"qsm: wrote {args.out}/labels.nii.gz ({len(quality['labels'])} labels), labels.tsv, atlas_qc.png"
+              + (", regions.csv" if args.chi else "") + f"; affine determinant {quality['determinant']:.2f}, "
+              f"{quality['similarity']['metric']} {quality['similarity']['value']:.2f}", file=sys.stderr)
+    elif args.atlas_command == "check":
+        report = check_template(args.folder)
+        print(f"{report['name']}: {', '.join(report['images'])} image(s), {len(report['labels'])} labels, grid "
+              f"{'x'.join(map(str, report['shape']))} at {'x'.join(f'{v:g}' for v in report['voxel_size_mm'])} mm, "
+              f"brain mask {'yes' if report['mask'] else 'no'}; licence: {report['license']}")
+        for value, label in report["labels"].items():
+            print(f"  {value:4d}  {label['name']:<32s} {label['volume_mm3']:10.0f} mm3  {label['color']}")
+        for warning in report["warnings"]:
+            print(f"warning: {warning}")
+    else:
+        folder = write_head_model_template(args.out, voxel_size_mm=args.voxel_size, force=args.force)
+        print(f"qsm: wrote the head model template to {folder}", file=sys.stderr)
+    return 0
 
 
 class Stopped(KeyboardInterrupt):

@@ -102,7 +102,8 @@ def load_run_inputs(*, magnitude_files=None, phase_files=None, te_s=None, b0_t=N
 def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=None, bids_dir=None,
             subject=None, session=None, total_field_file=None, local_field_file=None, mask_file=None,
             reference_mask_file=None, reference_labels=None, config=None, b0_dir=None, phase_sign=1,
-            phase_unwrapped=False, force=False, progress=None, also=(), also_options=None, dicom_dir=None):
+            phase_unwrapped=False, force=False, progress=None, also=(), also_options=None, dicom_dir=None,
+            atlas_dir=None, atlas_options=None):
     """Reconstruct susceptibility from files and write maps and provenance to ``out_dir``.
 
     Start from multi-echo magnitude and phase (files, ``bids_dir``, or a DICOM
@@ -113,6 +114,11 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
     (options for them in ``also_options``, e.g. ``{"swi": {"kind": "positive"}}``).
     With ``reference_labels`` (label values), ``reference_mask_file`` is a
     label image and the reference region is the voxels carrying those labels.
+    With ``atlas_dir`` (a template folder, see :mod:`qsmlib.atlas`) the
+    template is registered to the result and its labels, the QC picture, the
+    transform and ``regions.csv`` are written too (:data:`qsmlib.atlas.segment.ATLAS_RUN_OUTPUTS`;
+    ``atlas_options`` a :class:`qsmlib.atlas.RegistrationOptions`); an
+    implausible registration fails the run.
 
     Returns
     -------
@@ -121,6 +127,13 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
     config = (config or PipelineConfig()).validate()
     also = _check_also(also, also_options, total_field_file, local_field_file)
     names = list(RUN_OUTPUTS) + [name for extra in also for name in ALSO_OUTPUTS[extra]]
+    template = None
+    if atlas_dir is not None:
+        from .atlas import load_template
+        from .atlas.segment import ATLAS_RUN_OUTPUTS
+
+        template = load_template(atlas_dir)  # a bad template stops the run before any work
+        names += list(ATLAS_RUN_OUTPUTS)
     inputs = [magnitude_files, phase_files, [mask_file, reference_mask_file, total_field_file, local_field_file],
               dicom_dir]
     with OutputDirectory(out_dir, names, force=force, inputs=_flatten(inputs), bids_dir=bids_dir) as stage:
@@ -134,6 +147,15 @@ def run_qsm(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
                            reference_labels=reference_labels)
         if also:
             _write_also(stage, "", loaded["data"], result, also, also_options or {}, progress)
+        if template is not None:
+            from .atlas.segment import segment_run
+
+            data = loaded.get("data")
+            segment_run(stage.path, template, chi_file=stage.path("chi.nii.gz"), mask=result.mask,
+                        magnitude=None if data is None else data.magnitude[..., 0],
+                        subject=result.provenance["inputs"].get("subject", ""),
+                        session=result.provenance["inputs"].get("session", session),
+                        options=atlas_options, progress=progress)
     return result
 
 
