@@ -783,10 +783,36 @@ class ctkPathLineEdit(QWidget):
     PROPERTIES = {"currentPath": "", "filters": 0, "nameFilters": list}
     SIGNALS = {"currentPathChanged": ("currentPathChanged(QString)",)}
 
+    def _set_currentPath(self, value):
+        # ctkPathLineEdit::setCurrentPath sets its line edit's text; a changed text emits currentPathChanged.
+        value = "" if value is None else str(value)
+        if value != self._property("currentPath"):
+            self._store("currentPath", value)
+            self._signal("currentPathChanged").emit(value)
+
+    def setCurrentPath(self, value):
+        self.currentPath = value
+
 
 class ctkDirectoryButton(QWidget):
-    PROPERTIES = {"directory": ""}
-    SIGNALS = {"directoryChanged": ("directoryChanged(QString)",)}
+    PROPERTIES = {"directory": "", "caption": ""}
+    SIGNALS = {"directoryChanged": ("directoryChanged(QString)",),
+               "directorySelected": ("directorySelected(QString)",)}
+
+    def _set_directory(self, value):
+        # ctkDirectoryButton::setDirectory: directorySelected always, directoryChanged only for a new folder
+        # (both with the absolute path); the directory property reads back the path as set.
+        value = "" if value is None else str(value)
+        absolute = str(Path(value).absolute()) if value else ""
+        if value != self._property("directory"):
+            self._store("directory", value)
+            self._signal("directorySelected").emit(absolute)
+            self._signal("directoryChanged").emit(absolute)
+        else:
+            self._signal("directorySelected").emit(absolute)
+
+    def setDirectory(self, value):
+        self.directory = value
 
 
 class ctkCheckablePushButton(QPushButton):

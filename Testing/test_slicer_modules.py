@@ -213,6 +213,8 @@ def test_every_bound_widget_choice_round_trips_through_the_saved_scene(context, 
             control.value = (control.minimum + control.maximum) / 2
         elif kind == "qMRMLNodeComboBox":
             control.setCurrentNode(_node_of_class(scene, control.nodeTypes[-1], f"chosen {parameter}"))
+        elif kind == "ctkDirectoryButton":
+            control.directory = str(tmp_path / f"chosen {parameter}")
         else:
             raise AssertionError(f"{parameter}: no way to set a {kind}")
     parameters = widget._parameterNode

@@ -1,12 +1,15 @@
 """ROI Susceptibility: susceptibility statistics per segment, in a table node with units.
 
-The Logic creates the usual deep grey matter segments, computes mean, median,
-SD, minimum, maximum, voxel count and volume per segment (optionally relative
-to a reference region), fills a table node, makes a bar plot and exports CSV.
+The Logic creates the usual deep grey matter segments, empty to paint or filled
+from an atlas template registered to the susceptibility map, computes mean,
+median, SD, minimum, maximum, voxel count and volume per segment (optionally
+relative to a reference region), fills a table node, makes a bar plot and
+exports CSV.
 """
 
 import logging
 import os
+import pathlib
 from typing import Annotated, Optional, Union
 
 import numpy as np
@@ -22,26 +25,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+# The deep grey matter segments, names and colours (RGB 0-255), live in qsmlib so that atlas templates
+# written by qsmlib (the head model) carry the same names and colours as the segments created here.
+from qsmlib.atlas.template import DEEP_GREY_MATTER_SEGMENTS
 from qsmlib.errors import QSMInputError
-from qsmslicer import nodes
+from qsmslicer import dependencies, nodes
+from qsmslicer.progress import ATLAS_STAGE_WEIGHTS, run_with_progress_dialog
 from qsmslicer.widget import ParameterNodeWidgetMixin
-
-#: The deep grey matter segments: name and colour (RGB 0-255). The paired nuclei
-#: use the FreeSurfer colour table's colours for caudate, putamen, pallidum and
-#: thalamus; the midbrain and cerebellar nuclei get distinct colours of their own.
-DEEP_GREY_MATTER_SEGMENTS = (
-    ("Left caudate", (122, 186, 220)),
-    ("Right caudate", (122, 186, 220)),
-    ("Left putamen", (236, 13, 176)),
-    ("Right putamen", (236, 13, 176)),
-    ("Left globus pallidus", (12, 48, 255)),
-    ("Right globus pallidus", (12, 48, 255)),
-    ("Left thalamus", (0, 118, 14)),
-    ("Right thalamus", (0, 118, 14)),
-    ("Substantia nigra", (130, 60, 20)),
-    ("Red nucleus", (220, 20, 60)),
-    ("Dentate nucleus", (255, 165, 0)),
-)
 
 #: Table columns: name, unit, description. SD is the population SD of the segment's voxels.
 STATISTICS_COLUMNS = (
@@ -60,6 +50,11 @@ REFERENCE_ATTRIBUTE = "QSM.Reference"
 REFERENCE_OFFSET_ATTRIBUTE = "QSM.ReferenceOffsetPpm"
 #: Node reference from a statistics table to the mean - SD / mean + SD table of its plot.
 ERROR_BAR_TABLE_REFERENCE = "QSMErrorBars"
+#: Application setting that remembers the atlas template folder between sessions.
+ATLAS_FOLDER_SETTING = "SlicerQSM/AtlasTemplateFolder"
+#: Segmentation attributes that record where atlas segments came from.
+ATLAS_ATTRIBUTE = "QSM.AtlasTemplate"
+ATLAS_QUALITY_ATTRIBUTE = "QSM.AtlasRegistration"
 
 
 #
@@ -76,8 +71,8 @@ class ROISusceptibility(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Susceptibility statistics per segment (mean, median, SD, min, max in ppm, voxel count, "
             "volume in mm3) in a table, a bar plot and CSV. One click creates the deep grey matter "
-            "segments to draw in the Segment Editor. Values can be referenced to the whole brain or "
-            "to a segment.")
+            "segments to draw in the Segment Editor, or fills them from an atlas template registered to "
+            "the susceptibility map. Values can be referenced to the whole brain or to a segment.")
         self.parent.acknowledgementText = _("Built on QSMLib.")
 
 
@@ -93,6 +88,7 @@ class ROISusceptibilityParameterNode:
     referenceSegmentName: str = ""
     brainMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     outputTable: Optional[vtkMRMLTableNode]
+    atlasFolder: pathlib.Path
 
 
 #
@@ -111,6 +107,7 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         ScriptedLoadableModuleWidget.setup(self)
         self.loadModuleUi("ROISusceptibility.ui", ROISusceptibilityLogic())
         self.ui.createSegmentsButton.connect("clicked(bool)", self.onCreateSegments)
+        self.ui.segmentFromAtlasButton.connect("clicked(bool)", self.onSegmentFromAtlas)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         # The segment selector has no parameter-node connector: it writes the segment's name.
@@ -123,6 +120,13 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
                                                                               segmentId)
 
     _updatingSegmentSelector = False
+
+    def parameterNodeConnecting(self):
+        """A parameter node without an atlas folder gets the one remembered from the last session."""
+        if not self.logic.hasAtlasFolder(self._parameterNode):
+            remembered = qt.QSettings().value(ATLAS_FOLDER_SETTING, "")
+            if remembered and os.path.isdir(str(remembered)):
+                self._parameterNode.atlasFolder = pathlib.Path(str(remembered))
 
     def onParameterNodeModified(self):
         """The segment selector shows the parameter node's segmentation and reference segment."""
@@ -150,6 +154,10 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         self.ui.statusLabel.text = reason or ""
         self.ui.createSegmentsButton.enabled = self._parameterNode is not None and \
             self._parameterNode.susceptibility is not None
+        atlas_reason = self.logic.missingAtlasInputs(self._parameterNode) if self._parameterNode else ""
+        self.ui.segmentFromAtlasButton.enabled = self._parameterNode is not None and not atlas_reason
+        self.ui.segmentFromAtlasButton.toolTip = atlas_reason or _(
+            "Register the atlas template to the susceptibility map and fill the segmentation with its structures")
         self.ui.exportButton.enabled = self._parameterNode is not None and self._parameterNode.outputTable is not None
 
     def onCreateSegments(self):
@@ -161,6 +169,22 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
                 parameters.segmentation.CreateDefaultDisplayNodes()
             self.logic.createDeepGreyMatterSegments(parameters.segmentation, parameters.susceptibility)
             slicer.util.selectModule("SegmentEditor")
+
+    def onSegmentFromAtlas(self):
+        with slicer.util.tryWithErrorDisplay(_("Atlas segmentation needs Python packages.")):
+            dependencies.ensure_packages_in_slicer(_("ROI Susceptibility"))
+        with slicer.util.tryWithErrorDisplay(_("Could not segment from the atlas."), waitCursor=True):
+            parameters = self._parameterNode
+            if parameters.segmentation is None:
+                parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", f"{parameters.susceptibility.GetName()}_DGM")
+                parameters.segmentation.CreateDefaultDisplayNodes()
+            qt.QSettings().setValue(ATLAS_FOLDER_SETTING, str(parameters.atlasFolder))
+            result, cancelled = run_with_progress_dialog(
+                lambda progress: self.logic.segmentFromAtlasParameterNode(parameters, progress=progress),
+                title=_("Segment from atlas"), create_dialog=slicer.util.createProgressDialog,
+                process_events=slicer.app.processEvents, weights=ATLAS_STAGE_WEIGHTS)
+            self.ui.statusLabel.text = _("Cancelled") if cancelled else self.logic.atlasSummary(result)
 
     def onApplyButton(self):
         with slicer.util.tryWithErrorDisplay(_("Could not compute the statistics."), waitCursor=True):
@@ -245,6 +269,128 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
                 segment_id = segmentation.AddEmptySegment("", name, [c / 255.0 for c in rgb])
             ids.append(segment_id)
         return ids
+
+    # -- segments from an atlas template ----------------------------------------------------------
+
+    @staticmethod
+    def hasAtlasFolder(parameterNode):
+        """Whether the parameter node names an atlas folder (the unset path is empty or '.')."""
+        return parameterNode is not None and str(parameterNode.atlasFolder) not in ("", ".")
+
+    def missingAtlasInputs(self, parameterNode):
+        """Why "Segment from atlas" cannot run yet ("" when it can)."""
+        if parameterNode.susceptibility is None:
+            return _("Select a susceptibility volume")
+        if not self.hasAtlasFolder(parameterNode):
+            return _("Choose the atlas template folder")
+        if not os.path.isdir(str(parameterNode.atlasFolder)):
+            return _("The atlas template folder does not exist: choose another")
+        return ""
+
+    def segmentFromAtlasParameterNode(self, parameterNode, progress=None):
+        """:meth:`segmentFromAtlas` with the parameter node's inputs; the segmentation node is created if needed."""
+        reason = self.missingAtlasInputs(parameterNode)
+        if reason:
+            raise QSMInputError(reason)
+        if parameterNode.segmentation is None:
+            scene = parameterNode.susceptibility.GetScene()
+            parameterNode.segmentation = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{parameterNode.susceptibility.GetName()}_DGM")
+            parameterNode.segmentation.CreateDefaultDisplayNodes()
+        return self.segmentFromAtlas(parameterNode.susceptibility, parameterNode.segmentation,
+                                     parameterNode.atlasFolder, brain_mask=parameterNode.brainMask,
+                                     progress=progress)
+
+    def segmentFromAtlas(self, volume_node, segmentation_node, template_folder, *, brain_mask=None, options=None,
+                         progress=None):
+        """Register an atlas template to the susceptibility map and fill the segmentation with its labels.
+
+        The template (see :mod:`qsmlib.atlas.template`) is registered to the
+        map (rigid, affine, deformable; :func:`qsmlib.atlas.register_template`).
+        Each of its labels becomes a segment named as in the template's label
+        table and coloured from the table, else as the standard deep grey matter
+        segment of that name; a segment of the same name is replaced. The
+        segmentation is drawn on the map's voxels. An implausible registration
+        raises :class:`qsmlib.atlas.RegistrationFailed` and changes nothing.
+
+        Parameters
+        ----------
+        volume_node : vtkMRMLScalarVolumeNode
+            Susceptibility map (ppm), 0 outside the brain.
+        segmentation_node : vtkMRMLSegmentationNode
+        template_folder : path
+        brain_mask : labelmap or segmentation node, optional
+            The brain (default: the map's non-zero voxels).
+        options : qsmlib.atlas.RegistrationOptions, optional
+        progress : callable(stage, fraction), optional
+            For example a :class:`qsmslicer.progress.ProgressAdapter`; may raise Cancelled.
+
+        Returns
+        -------
+        qsmlib.atlas.RegistrationResult
+            With ``segment_ids``, the IDs of the filled segments in label order.
+        """
+        from qsmlib.atlas import load_template
+        from qsmlib.atlas.segment import label_colors, segment_arrays
+
+        template = load_template(str(template_folder))
+        chi = nodes.array_from_volume(volume_node, np.float32)
+        affine = nodes.ijk_to_ras(volume_node)
+        mask = nodes.mask_from_node(brain_mask, volume_node) if brain_mask is not None else None
+        result = segment_arrays(template, chi_ppm=chi, affine=affine, mask=mask, options=options, progress=progress)
+        standard = dict(DEEP_GREY_MATTER_SEGMENTS)
+        table_colors = label_colors(template.table)
+        items = []
+        for value, info in sorted(template.table.items()):
+            rgb = info.color if info.color is not None else standard.get(info.name, table_colors[value])
+            items.append((value, info.name, rgb))
+        result.segment_ids = self._fillSegments(segmentation_node, volume_node, result.labels, affine, items)
+        segmentation_node.SetAttribute(ATLAS_ATTRIBUTE, f"{template.name} ({template.folder})")
+        quality = result.quality
+        segmentation_node.SetAttribute(ATLAS_QUALITY_ATTRIBUTE, (
+            f"affine determinant {quality['determinant']:.3f}; {quality['similarity']['metric']} "
+            f"{quality['similarity']['value']:.3f}"))
+        logging.info("Atlas %s: %d segments on %s (%s)", template.name, len(items), volume_node.GetName(),
+                     segmentation_node.GetAttribute(ATLAS_QUALITY_ATTRIBUTE))
+        return result
+
+    @staticmethod
+    def _fillSegments(segmentation_node, volume_node, labels, affine, items):
+        """One segment per ``(label value, name, rgb)`` from the label array; returns their IDs."""
+        scene = segmentation_node.GetScene()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segmentation = segmentation_node.GetSegmentation()
+        before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("QSM_temporary"))
+        ids = []
+        try:
+            for value, name, rgb in items:
+                nodes.update_volume_from_array(labelmap, (labels == value).astype(np.uint8), affine)
+                existing = segmentation.GetSegmentIdBySegmentName(name)
+                if existing:
+                    segmentation.RemoveSegment(existing)
+                known = set(nodes.segment_ids(segmentation_node))
+                if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                        labelmap, segmentation_node):
+                    raise QSMInputError(f"could not add the segment '{name}' to '{segmentation_node.GetName()}'")
+                added = [i for i in nodes.segment_ids(segmentation_node) if i not in known]
+                segment = segmentation.GetSegment(added[0])
+                segment.SetName(name)
+                segment.SetColor(*[c / 255.0 for c in rgb])
+                ids.append(added[0])
+        finally:
+            added_nodes = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+            for node in [node for node in added_nodes if node.GetID() not in before]:
+                scene.RemoveNode(node)
+        return ids
+
+    @staticmethod
+    def atlasSummary(result):
+        """One line for the panel: how many segments, and the registration's checks."""
+        quality = result.quality
+        return _("{count} segments from the atlas; affine determinant {det:.2f}, {metric} {value:.2f}").format(
+            count=len(result.segment_ids), det=quality["determinant"], metric=quality["similarity"]["metric"],
+            value=quality["similarity"]["value"])
 
     # -- statistics -----------------------------------------------------------------------------
 

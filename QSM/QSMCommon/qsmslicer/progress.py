@@ -5,6 +5,9 @@ from qsmlib.errors import Cancelled
 #: Share of the whole run that each pipeline stage takes (roughly its time on a 1 mm head).
 STAGE_WEIGHTS = (("mask", 0.05), ("total field", 0.30), ("background removal", 0.20),
                  ("dipole inversion", 0.40), ("referencing", 0.05))
+#: The same for an atlas registration (qsmlib.atlas.registration.STAGES; roughly their time on a 2 mm head).
+ATLAS_STAGE_WEIGHTS = (("atlas rigid", 0.15), ("atlas affine", 0.15), ("atlas deformable", 0.65),
+                       ("atlas labels", 0.05))
 
 
 class ProgressAdapter:
@@ -48,7 +51,7 @@ class ProgressAdapter:
             self.report(f"{stage[:1].upper()}{stage[1:]}...", self.percent)
 
 
-def run_with_progress_dialog(work, *, title, create_dialog, process_events=None):
+def run_with_progress_dialog(work, *, title, create_dialog, process_events=None, weights=STAGE_WEIGHTS):
     """Run ``work(progress)`` while a progress dialog with a Cancel button shows how far it got.
 
     Parameters
@@ -64,6 +67,9 @@ def run_with_progress_dialog(work, *, title, create_dialog, process_events=None)
     process_events : callable(), optional
         In Slicer ``slicer.app.processEvents``: keeps the dialog painted and
         its Cancel button clickable between solver iterations.
+    weights : sequence of (stage, weight)
+        The stages of ``work`` and their shares (:data:`STAGE_WEIGHTS` for a
+        reconstruction, :data:`ATLAS_STAGE_WEIGHTS` for an atlas registration).
 
     Returns
     -------
@@ -78,7 +84,7 @@ def run_with_progress_dialog(work, *, title, create_dialog, process_events=None)
         if process_events is not None:
             process_events()
 
-    adapter = ProgressAdapter(report=report, is_cancelled=lambda: dialog.wasCanceled)
+    adapter = ProgressAdapter(report=report, is_cancelled=lambda: dialog.wasCanceled, weights=weights)
     try:
         return work(adapter), False
     except Cancelled:
