@@ -119,7 +119,9 @@ class RegistrationOptions:
     iterations : int
         Optimiser iterations per level of the linear stages.
     bspline_mesh_mm : float
-        Control-point spacing of the B-spline at its coarsest level; it halves per level.
+        Control-point spacing of the B-spline, in mm.
+    bspline_levels_mm : tuple of float
+        Resolution of each pyramid level of the B-spline stage, in mm.
     bspline_iterations : int
         L-BFGS-B iterations per level of the B-spline stage.
     demons_iterations : tuple of int
@@ -145,7 +147,8 @@ class RegistrationOptions:
     levels_mm: tuple = (8.0, 4.0, 2.0)
     smoothing_mm: tuple = (4.0, 2.0, 1.0)
     iterations: int = 100
-    bspline_mesh_mm: float = 40.0
+    bspline_mesh_mm: float = 20.0
+    bspline_levels_mm: tuple = (8.0, 4.0)
     bspline_iterations: int = 30
     demons_iterations: tuple = (50, 50, 80)
     demons_smoothing_mm: tuple = (2.0, 1.0, 0.5)
@@ -425,7 +428,7 @@ def register_template(subject_images, subject_affine, template_images, template_
     record = {"stage": "deformable", "method": options.deformable, "metric": deformable_pair[2],
               "pair": list(deformable_pair[:2])}
     if options.deformable == "bspline":
-        deformation = _bspline_stage(runner, options, f_def, m_def, affine, metric_mask, shrink, record)
+        deformation = _bspline_stage(runner, options, f_def, m_def, affine, metric_mask, record)
         transform = SimpleITK.CompositeTransform([affine, deformation])
     elif options.deformable == "demons":
         deformation = _demons_stage(runner, options, f_def, m_def, affine, fixed_mask, record)
@@ -505,34 +508,33 @@ def _crop_to_mask(image, mask):
     return SimpleITK.RegionOfInterest(image, box[3:], box[:3])
 
 
-def _bspline_stage(runner, options, fixed, moving, affine, metric_mask, shrink, record):
+def _bspline_stage(runner, options, fixed, moving, affine, metric_mask, record):
+    """A cubic B-spline free-form deformation on top of the affine, over the brain's bounding box.
+
+    One control grid (``bspline_mesh_mm``), optimised by L-BFGS-B on a
+    pyramid of ``bspline_levels_mm``.
+    """
     SimpleITK = sitk()
     fixed = _crop_to_mask(fixed, metric_mask)
     metric_mask = _crop_to_mask(metric_mask, metric_mask)
     extent = [n * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
-    levels = len(shrink)
     mesh = [max(1, int(round(e / options.bspline_mesh_mm))) for e in extent]
     deformation = SimpleITK.BSplineTransformInitializer(fixed, mesh, order=3)
+    shrink = _shrink_factors(options.bspline_levels_mm, fixed.GetSpacing())
     method = SimpleITK.ImageRegistrationMethod()
     _set_metric(method, record["metric"], options.sampling_fraction, options.seed)
     method.SetMetricFixedMask(metric_mask)
     method.SetInterpolator(SimpleITK.sitkLinear)
-    method.SetOptimizerAsLBFGS2(solutionAccuracy=1e-5, numberOfIterations=options.bspline_iterations,
-                                hessianApproximateAccuracy=5, deltaConvergenceDistance=0,
-                                deltaConvergenceTolerance=1e-5, lineSearchMaximumEvaluations=20)
+    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.bspline_iterations,
+                                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * options.bspline_iterations,
+                                costFunctionConvergenceFactor=1e7)
     method.SetMovingInitialTransform(affine)
-    method.SetInitialTransformAsBSpline(deformation, inPlace=True, scaleFactors=[2 ** n for n in range(levels)])
+    method.SetInitialTransform(deformation, inPlace=True)
     method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel(list(options.smoothing_mm))
+    method.SetSmoothingSigmasPerLevel([level / 2 for level in options.bspline_levels_mm])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    record["mesh_mm"] = [options.bspline_mesh_mm / 2 ** n for n in range(levels)]
-    evaluations = [0]
-
-    def count_evaluations():
-        evaluations[0] += 1
-
-    method.AddCommand(SimpleITK.sitkIterationEvent, count_evaluations)
-    runner.run(method, STAGES[2], fixed, moving, options.bspline_iterations * levels, record)
+    record["mesh_mm"] = options.bspline_mesh_mm
+    runner.run(method, STAGES[2], fixed, moving, options.bspline_iterations * len(shrink), record)
     record["parameters"] = deformation.GetNumberOfParameters()
     return deformation
 
