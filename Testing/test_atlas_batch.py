@@ -1,7 +1,7 @@
 """Regions without painting in qsm run --atlas and qsm batch --atlas, on simulated subjects with known labels.
 
-Three heads, each the head model under its own known deformation and affine,
-acquired at 2 mm; and a fourth subject that is a lower leg, a body part the
+Three heads, each the 2 mm head model under its own known deformation and
+affine (labels and truth by nearest neighbour); and a fourth subject that is a lower leg, a body part the
 head template cannot match. The batch must label every nucleus of every head,
 and report the leg's registration failure for that subject alone.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlas_fixtures import BUMPS, dice, known_subject, known_warp, other_body_part
+from atlas_fixtures import BUMPS, dice, known_warp, other_body_part, warp_volume, warped_phantom
 from qsmlib import batch, cli
 from qsmlib.atlas import DEEP_GREY_MATTER_SEGMENTS, write_head_model_template
 from qsmlib.atlas.template import head_model_segments
@@ -41,15 +41,15 @@ def _write_subject(root, subject, sim):
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     start = time.perf_counter()
-    phantom = load_head_phantom(1.0)
+    phantom = load_head_phantom(2.0)
     labels, table, _ = head_model_segments(phantom)
     truths = {}
     for n, (subject, (angle, scale, factor)) in enumerate(HEADS.items()):
         bumps = tuple((centre, tuple(factor * v for v in vector)) for centre, vector in BUMPS)
         warp = known_warp(phantom, angle_deg=angle, scale=scale, bumps=bumps)
-        made = known_subject(phantom, warp, labels, voxel_size_mm=2.0, seed=10 + n)
-        _write_subject(root / "bids", subject, made["sim"])
-        truths[subject] = made["truth"]
+        sim = simulate_gre(warped_phantom(phantom, warp), te_s=(0.004, 0.010, 0.016), seed=10 + n)
+        _write_subject(root / "bids", subject, sim)
+        truths[subject] = warp_volume(labels, phantom.affine, warp)
     _write_subject(root / "bids", LEG, simulate_gre(other_body_part(2.0), te_s=(0.004, 0.010, 0.016), seed=20))
     template = Path(write_head_model_template(root / "template", voxel_size_mm=2.0))
     print(f"cohort written in {time.perf_counter() - start:.1f} s")
