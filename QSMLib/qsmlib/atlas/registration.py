@@ -660,8 +660,41 @@ def check_registration(affine, deformation, template_labels, template_affine, la
                        reference=None):
     """Measure a registration's plausibility; list what fails.
 
-    Checks
-    ------
+    Parameters
+    ----------
+    affine : SimpleITK.AffineTransform
+        The linear part (subject -> template points).
+    deformation : SimpleITK.Transform or None
+        The deformable part, checked for folding over ``reference``'s grid.
+    template_labels, template_affine : ndarray
+        The template's label image and grid.
+    labels, subject_affine : ndarray
+        The labels on the subject's grid, and that grid.
+    subject_mask : ndarray of bool
+        The subject's brain.
+    subject_image, warped_template : ndarray
+        The images compared by the final similarity, on the subject's grid.
+    metric : {"correlation", "mattes"}
+        Correlation for the same contrast, normalised mutual information otherwise.
+    label_values : sequence of int, optional
+        Labels that must survive (default: every label of the template).
+    label_names : dict int -> str, optional
+        Names for the messages.
+    reference : SimpleITK.Image, optional
+        The subject's grid as an image (for the folding check).
+
+    Returns
+    -------
+    dict
+        ``determinant``, ``axis_scales``, ``folded_fraction``, ``similarity``
+        (``metric`` and ``value``), ``labels`` (per label: template and subject
+        volume in mm3, expected volume, fraction outside the mask) and
+        ``problems`` (list of one-line descriptions; empty when it passed).
+
+    Notes
+    -----
+    The checks:
+
     - the affine's determinant (volume ratio) in :data:`DETERMINANT_RANGE`,
       each principal scale in :data:`AXIS_SCALE_RANGE`, and no reflection;
     - the deformation folds (Jacobian determinant <= 0) in at most
@@ -672,14 +705,6 @@ def check_registration(affine, deformation, template_labels, template_affine, la
     - every label in ``label_values`` is present on the subject grid with at
       least :data:`MIN_LABEL_VOLUME_FRACTION` of its expected volume, and at
       most :data:`MAX_LABEL_OUTSIDE_FRACTION` of it outside the brain mask.
-
-    Returns
-    -------
-    dict
-        ``determinant``, ``axis_scales``, ``folded_fraction``, ``similarity``
-        (``metric`` and ``value``), ``labels`` (per label: template and subject
-        volume in mm3, expected volume, fraction outside the mask) and
-        ``problems`` (list of one-line descriptions; empty when it passed).
     """
     SimpleITK = sitk()
     problems = []

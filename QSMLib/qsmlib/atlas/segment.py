@@ -190,7 +190,8 @@ def run_segment(out_dir, *, atlas_dir, chi_file=None, magnitude_file=None, mask_
     if mask is None and chi is not None and not np.any(chi != 0):
         raise QSMInputError(f"{chi_file}: the susceptibility map is all 0; give the map written by qsm run")
     names = list(SEGMENT_OUTPUTS) + (["regions.csv"] if chi is not None else [])
-    with OutputDirectory(out_dir, names, force=force) as stage:
+    inputs = [path for path in (chi_file, magnitude_file, mask_file) if path is not None]
+    with OutputDirectory(out_dir, names, force=force, inputs=inputs + [template.folder]) as stage:
         result = segment_arrays(template, chi_ppm=chi, magnitude=magnitude, affine=affine, mask=mask,
                                 options=options, progress=progress)
         write_segmentation(stage.path, result, template, affine, chi_ppm=chi, magnitude=magnitude)
