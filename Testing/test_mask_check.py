@@ -155,15 +155,50 @@ def test_pipeline_stops_on_an_implausible_automatic_mask_unless_accepted(head_3m
     assert any("automatic brain mask looks implausible" in w for w in result.provenance["warnings"])
 
 
-def test_pipeline_warns_about_a_given_implausible_mask_but_goes_on(head_3mm):
-    result = _reconstruct(head_3mm, mask=np.ones(head_3mm.brain_mask.shape, bool),
-                          config=PipelineConfig.from_preset("fast"))
+def test_a_given_mask_that_fills_the_image_is_refused_unless_accepted(head_3mm):
+    ones = np.ones(head_3mm.brain_mask.shape, bool)
+    with pytest.raises(ImplausibleMaskError, match="covers 100 % of the image") as caught:
+        _reconstruct(head_3mm, mask=ones, config=PipelineConfig.from_preset("fast"))
+    assert "--accept-implausible-mask" in str(caught.value) and "No map was written" in str(caught.value)
+    assert caught.value.check["fills_image"] and caught.value.check["image_fraction"] == 1.0
+    accepted = _reconstruct(head_3mm, mask=ones, config=PipelineConfig.from_preset("fast", accept_implausible_mask=True))
+    check = accepted.provenance["checks"]["mask"]
+    assert check["source"] == "given" and check["verdict"] == "implausible" and check["accepted"] is True
+    assert any(w.startswith("the given brain mask looks implausible") for w in accepted.provenance["warnings"])
+    # a local field needs no background: a mask of ones is a valid region to invert there
+    field_only = reconstruct(local_field_hz=accepted.local_field_hz, mask=ones, b0_t=head_3mm.b0_t,
+                             voxel_size=head_3mm.voxel_size_mm, b0_dir=head_3mm.b0_dir,
+                             config=PipelineConfig.from_preset("fast"))
+    assert field_only.provenance["checks"]["mask"]["fills_image"] and field_only.chi_ppm.any()
+
+
+def test_a_given_mask_in_doubt_is_warned_about_but_used(head_3mm):
+    """A user's mask may be an animal's or a slab's: doubts other than filling the image only warn."""
+    head = brain_mask(head_3mm.magnitude, head_3mm.voxel_size_mm, **WHOLE_HEAD)
+    result = _reconstruct(head_3mm, mask=head, config=PipelineConfig.from_preset("fast"))
     check = result.provenance["checks"]["mask"]
-    assert check["source"] == "given" and check["verdict"] == "implausible" and check["accepted"] is False
+    assert check["source"] == "given" and check["verdict"] == "implausible" and not check["fills_image"]
+    assert check["accepted"] is False
     assert any(w.startswith("the given brain mask looks implausible") for w in result.provenance["warnings"])
     good = _reconstruct(head_3mm, config=PipelineConfig.from_preset("fast"))
     assert good.provenance["checks"]["mask"]["verdict"] == "plausible"
     assert not any("brain mask" in w for w in good.provenance["warnings"])
+
+
+def test_run_command_names_the_mask_file_that_fills_the_image(tmp_path, capsys):
+    bids = tmp_path / "bids"
+    assert main(["simulate", "--out", str(bids), "--voxel-size", "3", "--seed", "8"]) == 0
+    magnitude = next(bids.rglob("*echo-1_part-mag_*.nii.gz"))
+    image = nib.load(magnitude)
+    ones = tmp_path / "ones.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(image.shape[:3], np.uint8), image.affine), ones)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["run", "--bids", str(bids), "--out", str(out), "--preset", "fast", "--mask", str(ones)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert error.startswith(f"qsm: error: {ones}: the given brain mask is implausible: it covers 100 % of the image")
+    assert "--accept-implausible-mask" in error
+    assert not out.exists() or not (out / "chi.nii.gz").exists()
 
 
 def test_run_command_refuses_an_implausible_mask_and_names_the_fix(tmp_path, capsys):

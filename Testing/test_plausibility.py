@@ -139,7 +139,10 @@ def test_an_all_ones_mask_is_named_as_the_cause(bids, tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.ones(image.shape, np.uint8), image.affine), str(ones))
     status, err = run_cli(["run", "--bids", bids, "--preset", "fast", "--mask", ones, "--out", tmp_path / "out"],
                           capsys)
-    # A given mask is the user's choice (qsmlib.mask_check): the run goes on, and says what is wrong and why.
+    assert status == 2 and f"{ones}: the given brain mask is implausible: it covers 100 % of the image" in err
+    # Accepted anyway: the run goes on, and the map's check says what is wrong and why.
+    status, err = run_cli(["run", "--bids", bids, "--preset", "fast", "--mask", ones, "--out", tmp_path / "out",
+                           "--accept-implausible-mask"], capsys)
     assert status == 0, err
     warnings = json.loads((tmp_path / "out" / "provenance.json").read_text())["warnings"]
     spans = [w for w in warnings if w.startswith("the susceptibility map spans")]

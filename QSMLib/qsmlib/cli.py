@@ -93,8 +93,9 @@ def _add_pipeline_options(p):
                                                 "magnitude and phase quality, and checked for plausibility")
     p.add_argument("--accept-implausible-mask", action="store_true",
                    help="write the maps even when the automatic brain mask fails its plausibility check "
-                        "(volume beyond 2000 mL, many background-dark or fast-decaying voxels, ragged shape); "
-                        "by default the run stops and names the problem. The warnings stay in provenance.json")
+                        "(volume beyond 2000 mL, many background-dark or fast-decaying voxels, ragged shape), "
+                        "or a given --mask fills the image; by default the run stops and names the problem. "
+                        "The warnings stay in provenance.json")
     p.add_argument("--preset", choices=sorted(PRESETS), default="consensus",
                    help="methods per stage: consensus (default; 2024 QSM consensus: romeo, pdf, "
                         "tv-admm) or fast (previews in seconds: romeo, vsharp, tkd); --unwrap, "

@@ -10,7 +10,7 @@ class QSMInputError(ValueError):
 
 
 class ImplausibleMaskError(QSMInputError):
-    """The automatic brain mask failed its plausibility check (see :mod:`qsmlib.mask_check`).
+    """A brain mask failed its plausibility check (see :mod:`qsmlib.mask_check`).
 
     ``check`` holds the check's record (volume, compactness, shares, problems),
     so that a caller can show it or offer to go on anyway.

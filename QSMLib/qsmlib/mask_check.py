@@ -66,6 +66,9 @@ HIGH_R2STAR_HZ_AT_3T = 100.0
 #: Share of the mask above that R2*: questioned / implausible.
 HIGH_R2STAR_QUESTIONABLE = 0.10
 HIGH_R2STAR_IMPLAUSIBLE = 0.25
+#: Share of the image above which a mask leaves no background around the brain: no brain
+#: mask of any species does that, and background field removal has no outside to model.
+FILLS_IMAGE_FRACTION = 0.9
 #: A mask that comes within this distance (mm) of a face of the volume is taken as cut by the
 #: field of view (the final erosion keeps even a crop's mask a few mm off its faces).
 BORDER_MARGIN_MM = 5.0
@@ -98,7 +101,8 @@ def check_brain_mask(mask, voxel_size, *, magnitude=None, r2star_hz=None, b0_t=3
         ``verdict`` ("plausible", "questionable" or "implausible");
         ``implausible`` and ``questionable``, one sentence per failed measure
         (the measure, its plausible range, and what it suggests); and the
-        measures ``volume_ml``, ``plausible_volume_ml``,
+        measures ``volume_ml``, ``plausible_volume_ml``, ``image_fraction``
+        with ``fills_image`` (at least :data:`FILLS_IMAGE_FRACTION`),
         ``within_field_of_view``, ``equivalent_diameters_mm``,
         ``sphericity``, ``dark_fraction`` with ``dark_threshold``, and
         ``high_r2star_fraction`` with ``high_r2star_hz`` (None when not
@@ -132,6 +136,11 @@ def check_brain_mask(mask, voxel_size, *, magnitude=None, r2star_hz=None, b0_t=3
     low, high = ADULT_VOLUME_ML
     implausible, questionable = [], []
 
+    image_fraction = float(mask.mean())
+    fills_image = image_fraction >= FILLS_IMAGE_FRACTION
+    if fills_image:
+        implausible.append(f"it covers {100 * image_fraction:.0f} % of the image: a brain mask leaves "
+                           "background around the brain (is it a mask of ones, or another image?)")
     if volume_ml > high:
         implausible.append(f"its volume, {volume_ml:.0f} mL, is larger than any adult brain ({low:.0f}-{high:.0f} mL): "
                            "it has taken in scalp, muscle, neck or background")
@@ -182,6 +191,7 @@ def check_brain_mask(mask, voxel_size, *, magnitude=None, r2star_hz=None, b0_t=3
     verdict = "implausible" if implausible else "questionable" if questionable else "plausible"
     return {"verdict": verdict, "implausible": implausible, "questionable": questionable,
             "volume_ml": round(volume_ml, 1), "plausible_volume_ml": [low, high],
+            "image_fraction": round(image_fraction, 4), "fills_image": fills_image,
             "within_field_of_view": within, "equivalent_diameters_mm": [round(d, 1) for d in diameters],
             "sphericity": round(sphericity, 3),
             "dark_fraction": None if dark_fraction is None else round(dark_fraction, 4),

@@ -237,13 +237,16 @@ def software_info():
 
 
 def mask_plausibility(mask, voxel_size, *, source, magnitude=None, r2star_hz=None, b0_t=3.0, warnings=None,
-                      accept=False):
+                      accept=False, removes_background=True):
     """Check a brain mask (:func:`qsmlib.mask_check.check_brain_mask`); warn, and stop on an implausible one.
 
-    Every failed measure becomes a sentence in ``warnings``. An automatic
-    (``source="automatic"``) mask judged implausible raises
-    :class:`~qsmlib.errors.ImplausibleMaskError` unless ``accept``; a given
-    mask is only warned about (the user chose it).
+    Every failed measure becomes a sentence in ``warnings``. Unless ``accept``,
+    :class:`~qsmlib.errors.ImplausibleMaskError` is raised for an automatic
+    (``source="automatic"``) mask judged implausible, and for a given mask
+    that fills the image when the background field is to be removed
+    (``removes_background``): no brain mask of any species does that. Other
+    doubts about a given mask are only warned about, since a user's mask may
+    be an animal's, a child's or a slab's.
 
     Returns
     -------
@@ -259,6 +262,12 @@ def mask_plausibility(mask, voxel_size, *, source, magnitude=None, r2star_hz=Non
                else "check that the mask file belongs to this scan")
         warnings.append(f"the {source} brain mask looks {check['verdict']}: {'; '.join(problems)}. "
                         f"Inspect mask.nii.gz over the magnitude and, if it is wrong, {fix}")
+    if check["fills_image"] and source != "automatic" and removes_background and not accept:
+        raise ImplausibleMaskError(
+            f"the {source} brain mask is implausible: {check['implausible'][0]}. No map was written. Give the "
+            "brain mask of this scan (or none, for the automatic one); if the field is already a local field, "
+            "start from it (--local-field, qsm invert); or, to go on anyway, rerun with --accept-implausible-mask",
+            check)
     if check["verdict"] == "implausible" and source == "automatic" and not accept:
         raise ImplausibleMaskError(
             f"the automatic brain mask is implausible: {'; '.join(check['implausible'])}. No map was written. "
@@ -368,7 +377,8 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
         r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
     checks["mask"] = mask_plausibility(mask, voxel_size, source=mask_source, magnitude=magnitude,
                                        r2star_hz=r2star, b0_t=b0_t, warnings=warnings,
-                                       accept=config.accept_implausible_mask)
+                                       accept=config.accept_implausible_mask,
+                                       removes_background=local_field_hz is None)
     brain = mask.copy()
     trusted = None  # voxels whose field is trusted, when the echo fit tells
     noise_weights = None  # inverse field noise SD, median 1, when the echo fit tells

@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__
 from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
-from .errors import QSMInputError
+from .errors import ImplausibleMaskError, QSMInputError
 from .inversion import cosmos
 from .io import (OutputDirectory, bids_label, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
@@ -205,12 +205,17 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
     direction, direction_source = resolve_b0_dir(affine, b0_dir)
     log.info("B0 direction in voxel coordinates: (%.3f, %.3f, %.3f), from the %s", *direction, direction_source)
     image_dir = None if b0_dir is None else b0_direction_from_affine(affine)
-    result = reconstruct(magnitude=None if data is None else data.magnitude,
-                         phase=None if data is None else data.phase,
-                         te_s=None if data is None else data.te_s, mask=mask, b0_t=b0_t,
-                         voxel_size=voxel_size_from_affine(affine), b0_dir=direction, config=config,
-                         reference_region=region, phase_unwrapped=phase_unwrapped, progress=progress,
-                         image_b0_dir=image_dir, **fields)
+    try:
+        result = reconstruct(magnitude=None if data is None else data.magnitude,
+                             phase=None if data is None else data.phase,
+                             te_s=None if data is None else data.te_s, mask=mask, b0_t=b0_t,
+                             voxel_size=voxel_size_from_affine(affine), b0_dir=direction, config=config,
+                             reference_region=region, phase_unwrapped=phase_unwrapped, progress=progress,
+                             image_b0_dir=image_dir, **fields)
+    except ImplausibleMaskError as error:
+        if mask_file is None:
+            raise
+        raise ImplausibleMaskError(f"{mask_file}: {error}", error.check) from None
     for warning in result.provenance["warnings"]:
         log.warning("%s", warning)
     provenance = dict(result.provenance)
