@@ -344,6 +344,34 @@ def test_cancel_in_the_progress_dialog_stops_the_run_and_adds_nothing(context, s
     assert _scene_node_ids(context.scene) == before
 
 
+def test_a_mask_that_fills_the_image_asks_before_use_and_no_stops_the_run(context, sample_in_panel):
+    widget = sample_in_panel
+    widget.ui.presetComboBox.setCurrentText("fast")
+    parameters = widget._parameterNode
+    shown = nodes.displayable_volume(parameters.magnitudeSeries)
+    ones = nodes.output_volume(context.scene, "everything", np.ones(nodes.dimensions(shown), np.uint8),
+                               nodes.ijk_to_ras(shown), class_name="vtkMRMLLabelMapVolumeNode")
+    parameters.mask = ones
+    before = _scene_node_ids(context.scene)
+    fake_qt.ctkMessageBox.shown.clear()
+    fake_qt.ctkMessageBox.next_answers[:] = [fake_qt.QMessageBox.No]  # the user declines
+    widget.ui.applyButton.click()
+    (title, question), = fake_qt.ctkMessageBox.shown
+    assert question.startswith("The selected brain mask looks implausible:\n- it covers 100 % of the image")
+    assert question.endswith("Use this mask anyway?")
+    assert widget.ui.statusLabel.text == "No map was written: the brain mask is implausible"
+    assert parameters.outputSusceptibility is None and _scene_node_ids(context.scene) == before
+    assert slicer.app.overrideCursorDepth() == 0
+
+    fake_qt.ctkMessageBox.next_answers[:] = [fake_qt.QMessageBox.Yes]  # now the user goes on
+    widget.ui.applyButton.click()
+    chi = parameters.outputSusceptibility
+    assert chi is not None and nodes.array_from_volume(chi).any()
+    check = __import__("json").loads(chi.GetAttribute("QSM.Provenance"))["checks"]["mask"]
+    assert check["source"] == "given" and check["fills_image"] and check["accepted"] is True
+    assert widget.ui.statusLabel.text.startswith("Warning: the given brain mask looks implausible")
+
+
 def test_roi_statistics_from_the_panel_leave_no_node_behind_and_export_csv(context, tmp_path):
     scene = context.scene
     values = np.zeros((8, 8, 8), np.float32)

@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from qsmlib.errors import QSMInputError
+from qsmlib.errors import ImplausibleMaskError, QSMInputError
 from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
                              reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes, sample_data
@@ -157,12 +157,25 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
     def onApplyButton(self):
         with slicer.util.tryWithErrorDisplay(_("QSM reconstruction needs Python packages.")):
             dependencies.ensure_packages_in_slicer(_("QSM Reconstruction"))
+        refusal = self._reconstruct(accept_implausible_mask=False)
+        if refusal is not None and slicer.util.confirmYesNoDisplay(
+                self.logic.implausibleMaskQuestion(refusal), windowTitle=_("QSM reconstruction")):
+            self._reconstruct(accept_implausible_mask=True)
+
+    def _reconstruct(self, accept_implausible_mask):
+        """Run with a progress dialog; return the ImplausibleMaskError that stopped the run, if one did."""
         with slicer.util.tryWithErrorDisplay(_("QSM reconstruction failed."), waitCursor=True):
-            outputs, cancelled = run_with_progress_dialog(
-                lambda progress: self.logic.processParameterNode(self._parameterNode, progress=progress),
-                title=_("QSM reconstruction"), create_dialog=slicer.util.createProgressDialog,
-                process_events=slicer.app.processEvents)
+            try:
+                outputs, cancelled = run_with_progress_dialog(
+                    lambda progress: self.logic.processParameterNode(
+                        self._parameterNode, progress=progress, accept_implausible_mask=accept_implausible_mask),
+                    title=_("QSM reconstruction"), create_dialog=slicer.util.createProgressDialog,
+                    process_events=slicer.app.processEvents)
+            except ImplausibleMaskError as refusal:
+                self.ui.statusLabel.text = _("No map was written: the brain mask is implausible")
+                return refusal
             self.ui.statusLabel.text = _("Cancelled") if cancelled else self.logic.warningsText(outputs)
+        return None
 
 
 #
@@ -251,8 +264,25 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             options.setdefault(method, {})[name.strip()] = parsed
         return options
 
-    def processParameterNode(self, parameterNode, progress=None):
-        """Run :meth:`process` on the parameter node's inputs and store the outputs in it."""
+    @staticmethod
+    def implausibleMaskQuestion(refusal):
+        """The question put to the user when the brain mask fails its plausibility check."""
+        check = refusal.check or {}
+        problems = "\n".join(f"- {problem}" for problem in check.get("implausible", [])) or str(refusal)
+        if check.get("source") == "automatic":
+            source, fix = _("The automatic brain mask"), _("choose a brain mask (Brain mask) and apply again")
+        else:
+            source, fix = _("The selected brain mask"), _("choose the brain mask of this scan and apply again")
+        return _("{source} looks implausible:\n{problems}\n\nNo map was written. You can {fix}, or use this "
+                 "mask anyway (the warnings are kept in the map's provenance).\n\nUse this mask anyway?").format(
+            source=source, problems=problems, fix=fix)
+
+    def processParameterNode(self, parameterNode, progress=None, accept_implausible_mask=False):
+        """Run :meth:`process` on the parameter node's inputs and store the outputs in it.
+
+        ``accept_implausible_mask`` goes on with a brain mask that fails its plausibility
+        check (by default :class:`~qsmlib.errors.ImplausibleMaskError` stops the run).
+        """
         magnitude, phase = echo_times.selected_echo_series(parameterNode)
         if not parameterNode.echoTimesS.strip():
             self.fillAcquisitionFromDicom(parameterNode)
@@ -262,7 +292,7 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             bgremove=parameterNode.bgremove, inversion=parameterNode.inversion,
             reference=parameterNode.reference, options=self.parseOptions(parameterNode.options),
             phase_sign=-1 if parameterNode.flipPhaseSign else 1,
-            preset=parameterNode.preset,
+            preset=parameterNode.preset, accept_implausible_mask=accept_implausible_mask,
             outputs=ReconstructionOutputs(parameterNode.outputSusceptibility, parameterNode.outputLocalField,
                                           parameterNode.outputTotalField, parameterNode.outputMask),
             progress=progress)
@@ -280,7 +310,7 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
     def process(self, magnitude, phase, *, te_s=None, b0_t=None, mask=None, mask_segment_ids=None,
                 preset="consensus", unwrap=None, bgremove=None, inversion=None, reference="brain",
                 reference_region=None, reference_segment_ids=None, options=None, phase_sign=1,
-                output_name=None, outputs=None, progress=None, dicom_lookup=None):
+                output_name=None, outputs=None, progress=None, dicom_lookup=None, accept_implausible_mask=False):
         """Reconstruct susceptibility from magnitude and phase nodes.
 
         Parameters
@@ -312,6 +342,9 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             Existing nodes to overwrite (None members are created).
         progress : callable(stage, fraction), optional
             For example a :class:`qsmslicer.progress.ProgressAdapter`; may raise Cancelled.
+        accept_implausible_mask : bool
+            Go on with a brain mask that fails its plausibility check; by default
+            :class:`~qsmlib.errors.ImplausibleMaskError` stops the run and no node is written.
 
         Returns
         -------
@@ -327,7 +360,8 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
         if phase_sign not in (1, -1):
             raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
         config = PipelineConfig.from_preset(preset, unwrap=unwrap, bgremove=bgremove, inversion=inversion,
-                                            reference=reference, options=dict(options or {}))
+                                            reference=reference, options=dict(options or {}),
+                                            accept_implausible_mask=accept_implausible_mask)
 
         magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
         phase_array, phase_node = nodes.echo_series_array(phase, "phase")
