@@ -300,3 +300,57 @@ def test_mask_help_says_what_counts_as_inside():
     for command in ("run", "swi", "unwrap", "r2star", "batch"):
         text = parser._subparsers._group_actions[0].choices[command].format_help()
         assert "non-zero inside" not in text and "values above 0.5" in " ".join(text.split()), command
+
+
+# --- a real full disk and a real read-only file system --------------------------------------------
+# A private tmpfs in a user namespace (util-linux unshare; no privileges needed where user
+# namespaces are allowed) gives the kernel's own ENOSPC and EROFS, not a patched call.
+
+def _in_private_tmpfs(mount_point, argv, *, size="16k", read_only=False):
+    """Run ``python -m qsmlib ARGV`` with a fresh tmpfs of ``size`` on ``mount_point``.
+
+    Returns the finished process; its stdout is what the tmpfs holds afterwards (``find``).
+    """
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("util-linux 'unshare' is missing: install it (Debian: util-linux) to test real file systems")
+    remount = f" && mount -o remount,ro {shlex.quote(str(mount_point))}" if read_only else ""
+    command = (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mount_point))}{remount} && "
+               f"{{ {shlex.quote(sys.executable)} -m qsmlib {' '.join(shlex.quote(str(a)) for a in argv)} "
+               f"> /dev/null; status=$?; cd {shlex.quote(str(mount_point))} && find . -mindepth 1; exit $status; }}")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.fail(f"unshare -rm is refused here ({probe.stderr.strip()}): this test needs user namespaces")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300)
+
+
+def test_a_really_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    scan = small_scan(tmp_path / "in")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    before = snapshot(tmp_path)
+    out = mount_point / "out"
+    done = _in_private_tmpfs(mount_point, ["run", "--mag", scan["mag"], "--phase", scan["phase"], "--mask",
+                                           scan["mask"], "--te", *scan["te"], "--b0", "3", "--preset", "fast",
+                                           "--out", out], size="12k")
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert f"--out {out}: No space left on device" in line and "nothing was written" in line
+    assert done.stdout == ""  # no partial file, no lock, no folder left on the full disk
+    assert snapshot(tmp_path) == before  # inputs untouched
+
+
+def test_a_really_read_only_file_system_is_one_line(tmp_path):
+    scan = small_scan(tmp_path / "in")
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    for target in (mount_point, mount_point / "new"):
+        done = _in_private_tmpfs(mount_point, ["run", "--mag", scan["mag"], "--phase", scan["phase"], "--te",
+                                               *scan["te"], "--b0", "3", "--out", target], read_only=True)
+        assert done.returncode == 2, done.stderr
+        assert f"--out {target}: cannot write there (Read-only file system)" in one_error_line(done.stderr)
+        assert done.stdout == ""
