@@ -1,4 +1,4 @@
-"""The ``qsm`` command line: run, invert, swi, r2star, simulate, demo.
+"""The ``qsm`` command line: run, separate, invert, swi, r2star, simulate, demo.
 
 Built as ``_get_parser()`` plus ``main(argv=None)`` so that it can be tested
 in-process. Bad input ends with a one-line message and exit status 2; Ctrl-C
@@ -172,10 +172,13 @@ def _get_parser():
     run.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_pipeline_options(run)
     _add_atlas_option(run)
-    run.add_argument("--also", nargs="+", choices=("swi", "r2star"), default=[], metavar="MAP",
+    run.add_argument("--also", nargs="+", choices=("swi", "r2star", "separation"), default=[], metavar="MAP",
                      help="also write swi: swi.nii.gz and mip.nii.gz (SWI from the local field, magnitude "
-                          "units); r2star: r2star.nii.gz (1/s), t2star.nii.gz (s), s0.nii.gz; options with "
-                          "--option swi.KEY=VALUE or r2star.KEY=VALUE")
+                          "units); r2star: r2star.nii.gz (1/s), t2star.nii.gz (s), s0.nii.gz; separation: "
+                          "chi_pos.nii.gz, chi_neg.nii.gz, chi_total.nii.gz (ppm) and r2prime.nii.gz (1/s) by the "
+                          "R2*-only chi-separation (use qsm separate --r2/--t2 with a measured R2); options with "
+                          "--option swi.KEY=VALUE, r2star.KEY=VALUE or separation.KEY=VALUE")
+    _add_separate_parser(sub)
 
     inv = sub.add_parser("invert", help="dipole inversion of a local field map")
     inv.add_argument("--local-field", required=True, metavar="F", help="local field NIfTI")
@@ -300,6 +303,37 @@ def _add_multi_echo_source(p, *, phase):
                    help="brain mask NIfTI (inside: values above 0.5); default: computed from magnitude")
 
 
+def _add_separate_parser(sub):
+    sep = sub.add_parser("separate", help="chi-separation: paramagnetic and diamagnetic susceptibility maps",
+                         description="Runs the QSM pipeline, then separates the susceptibility into a paramagnetic "
+                                     "(chi_pos >= 0) and a diamagnetic part (chi_neg <= 0) from the local field and "
+                                     "R2' = R2* - R2 (Shin et al. 2021). Writes DIR/chi_pos.nii.gz, chi_neg.nii.gz, "
+                                     "chi_total.nii.gz (their sum; ppm), r2prime.nii.gz (1/s), the run's maps "
+                                     "(chi.nii.gz, mask, fields) and provenance.json. With --r2 or --t2 R2 is "
+                                     "measured; with neither, the R2*-only method takes R2 from a tissue model.")
+    src = sep.add_argument_group("input (one of: --mag/--phase, --bids, --dicom)")
+    src.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
+    src.add_argument("--phase", nargs="+", metavar="F",
+                     help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
+                          "(rescaled automatically)")
+    src.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
+                     help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
+    src.add_argument("--b0", type=_positive_float, metavar="T",
+                     help="field strength in tesla; overrides BIDS sidecars")
+    src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
+    src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
+    src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
+    src.add_argument("--dicom", nargs="+", metavar="DIR",
+                     help="DICOM folder(s) or files of one multi-echo GRE acquisition")
+    r2 = sep.add_mutually_exclusive_group()
+    r2.add_argument("--r2", metavar="F", help="R2 map NIfTI in 1/s on the GRE grid (e.g. from a multi-echo "
+                                              "spin echo)")
+    r2.add_argument("--t2", metavar="F", help="T2 map NIfTI in seconds on the GRE grid")
+    sep.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    sep.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_pipeline_options(sep)
+
+
 def _filter_size(text):
     value = _positive_float(text)
     if value != int(value):
@@ -409,7 +443,7 @@ def _split_also_options(args):
     """Take the swi.* and r2star.* entries out of --option (they are not pipeline methods)."""
     also_options, rest = {}, []
     for method, key, value in args.option:
-        if method in ("swi", "r2star"):
+        if method in ("swi", "r2star", "separation"):
             also_options.setdefault(method, {})[key] = value
         else:
             rest.append((method, key, value))
@@ -456,6 +490,20 @@ def _dispatch(args, progress):
                          dicom_dir=args.dicom, atlas_dir=args.atlas, atlas_options=_atlas_options(args))
         extra = "".join(f", {name}" for name in args.also)
         print(f"qsm: wrote {args.out}/chi.nii.gz (ppm){extra} and provenance.json", file=sys.stderr)
+    elif args.command == "separate":
+        if sum([bool(args.mag or args.phase), bool(args.bids), bool(args.dicom)]) != 1:
+            raise QSMInputError("give exactly one input: --mag/--phase, --bids or --dicom")
+        options = _split_also_options(args).get("separation")
+        workflow.run_separation(args.out, r2_file=args.r2, t2_file=args.t2, magnitude_files=args.mag,
+                                phase_files=args.phase, te_s=args.te, b0_t=args.b0, bids_dir=args.bids,
+                                subject=args.subject, session=args.session, mask_file=args.mask,
+                                reference_mask_file=args.reference_mask, reference_labels=args.reference_labels,
+                                config=_config(args), b0_dir=args.b0_dir, phase_sign=args.phase_sign,
+                                phase_unwrapped=args.phase_unwrapped, dicom_dir=args.dicom, options=options,
+                                force=args.force, progress=progress)
+        method = "measured R2" if (args.r2 or args.t2) else "R2*-only method"
+        print(f"qsm: wrote {args.out}/chi_pos.nii.gz, chi_neg.nii.gz, chi_total.nii.gz (ppm), r2prime.nii.gz "
+              f"(1/s; {method}) and provenance.json", file=sys.stderr)
     elif args.command == "swi":
         if _source_count(args) != 1:
             raise QSMInputError("give exactly one input: --mag/--phase (with --te) or --bids")

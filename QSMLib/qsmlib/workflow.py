@@ -477,7 +477,10 @@ def _write_report(stage, result, sim, metrics):
 SWI_OUTPUTS = ("swi.nii.gz", "mip.nii.gz", "provenance.json")
 R2STAR_OUTPUTS = ("r2star.nii.gz", "t2star.nii.gz", "s0.nii.gz", "provenance.json")
 #: Extra maps that ``qsm run --also`` writes beside the susceptibility map.
-ALSO_OUTPUTS = {"swi": ("swi.nii.gz", "mip.nii.gz"), "r2star": ("r2star.nii.gz", "t2star.nii.gz", "s0.nii.gz")}
+ALSO_OUTPUTS = {"swi": ("swi.nii.gz", "mip.nii.gz"), "r2star": ("r2star.nii.gz", "t2star.nii.gz", "s0.nii.gz"),
+                "separation": ("chi_pos.nii.gz", "chi_neg.nii.gz", "chi_total.nii.gz", "r2prime.nii.gz")}
+#: What ``qsm separate`` writes: the run's maps and the separation's.
+SEPARATION_OUTPUTS = RUN_OUTPUTS + ALSO_OUTPUTS["separation"]
 #: Field strength passed to the loaders when SWI or R2* runs without one (neither uses it).
 NOMINAL_B0_T = 3.0
 SWI_HIGHPASS = ("homodyne", "field")
@@ -765,9 +768,14 @@ def _write_also(stage, prefix, data, result, also, also_options, progress):
             maps = r2star_map(data.magnitude, data.te_s, result.brain_mask, **options)
         _save_r2star(stage.path, prefix, maps, data.affine)
         extra["r2star"] = _r2star_parameters(maps, result.brain_mask, options["floor_snr"], options["noise_sd"])
+    if "separation" in also:
+        extra["separation"] = _write_separation(stage.path, prefix, data, result, None, None,
+                                                also_options.get("separation"), progress)
     provenance = dict(result.provenance)
     provenance["also"] = extra
     units = dict(provenance.get("units", {}))
+    if "separation" in also:
+        units.update(SEPARATION_UNITS)
     if "swi" in also:
         units.update(swi="magnitude units", mip="magnitude units")
     if "r2star" in also:
@@ -775,6 +783,159 @@ def _write_also(stage, prefix, data, result, also, also_options, progress):
     provenance["units"] = units
     result.provenance = provenance
     _write_json(stage.path(prefix + "provenance.json"), provenance)
+
+
+# --- Susceptibility source separation -------------------------------------------------------------
+
+SEPARATION_UNITS = {"chi_pos": "ppm", "chi_neg": "ppm", "chi_total": "ppm", "r2prime": "1/s"}
+#: Plausible median R2 (1/s) and T2 (s) of brain tissue: far outside these, the unit is wrong.
+R2_PLAUSIBLE_HZ = (2.0, 100.0)
+
+
+def load_r2_map(r2_file=None, t2_file=None, *, shape, affine, mask):
+    """R2 (1/s) on the data grid from an R2 map (1/s) or a T2 map (s); with a description of the source.
+
+    Raises QSMInputError naming the file when both or neither make sense, the grid
+    differs, or the values are not plausible in the expected unit (T2 in ms, say).
+    """
+    from .io.multiecho import _load_on_grid
+
+    if r2_file is not None and t2_file is not None:
+        raise QSMInputError("give --r2 or --t2, not both")
+    path = r2_file if r2_file is not None else t2_file
+    what = "R2 map" if r2_file is not None else "T2 map"
+    values = _load_on_grid(path, shape, affine, what).astype(np.float32)
+    inside = values[mask]
+    if not np.all(np.isfinite(inside)):
+        raise QSMInputError(f"{path}: the {what} holds NaN or infinite values in the brain mask; "
+                            "replace them (0 where unknown)")
+    if t2_file is not None:
+        r2 = np.divide(1.0, values, out=np.zeros_like(values), where=values > 0)
+    else:
+        r2 = values
+    typical = float(np.median(r2[mask]))
+    low, high = R2_PLAUSIBLE_HZ
+    if not low <= typical <= high:
+        if t2_file is not None:
+            hint = ("the T2 map looks like milliseconds; give T2 in seconds (divide by 1000)" if typical < low
+                    else "give T2 in seconds (brain T2 is about 0.05-0.1 s)")
+        else:
+            hint = ("it looks like a T2 map; give it with --t2 (in seconds)" if typical < low
+                    else "give R2 in 1/s (brain R2 is about 10-20 1/s)")
+        raise QSMInputError(f"{path}: the median of the {what} in the brain gives R2 = {typical:.3g} 1/s, "
+                            f"outside {low:g}-{high:g} 1/s; {hint}")
+    return r2, f"{'R2' if r2_file is not None else 'T2'} map {path}"
+
+
+def field_noise_from_provenance(result):
+    """The local field's noise SD (ppm) that the pipeline used, and its source; None: measure from the field."""
+    for stage in result.provenance.get("stages", []):
+        if stage.get("stage") == "dipole inversion":
+            noise = stage.get("parameters", {}).get("noise_sd_ppm")
+            auto = stage.get("auto_regularisation", {})
+            if isinstance(noise, (int, float)) and noise > 0:
+                return float(noise), auto.get("noise_source", "the pipeline's inversion record")
+    return None, None
+
+
+def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, progress):
+    """Chi-separation from the pipeline's local field and the magnitude's R2*; writes the maps, returns a record."""
+    from .constants import hz_to_ppm
+    from .relaxometry import r2star_loglinear
+    from .separation import chi_separation, chi_separation_r2star, r2prime_map
+
+    import inspect
+
+    options = dict(options or {})
+    allowed = [p.name for p in inspect.signature(chi_separation).parameters.values()
+               if p.kind == p.KEYWORD_ONLY and p.name not in ("b0_t", "b0_dir", "callback", "record")]
+    if r2_hz is None:
+        allowed.append("r2_hz")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise QSMInputError(f"separation has no option {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
+    if data.magnitude.shape[3] < 2:
+        raise QSMInputError("chi-separation needs R2*, which needs two echoes or more; one echo was given")
+    voxel_size = voxel_size_from_affine(data.affine)
+    b0_dir = result.provenance["detected"]["b0_dir"]
+    mask = result.mask
+    field_ppm = hz_to_ppm(result.local_field_hz, data.b0_t).astype(np.float32)
+    record = {}
+    with StageRecorder(progress).stage("chi-separation", parameters={"max_iter": options.get("max_iter", 300)}) \
+            as (callback, stage_record):
+        r2star, _s0 = r2star_loglinear(data.magnitude, data.te_s, mask)
+        noise, noise_source = field_noise_from_provenance(result)
+        if noise is None or "field_noise_sd_ppm" in options:
+            noise = None
+        else:
+            options["field_noise_sd_ppm"] = noise
+        common = dict(b0_t=data.b0_t, b0_dir=b0_dir, callback=callback, record=record, **options)
+        if r2_hz is None:
+            chi_pos, chi_neg = chi_separation_r2star(field_ppm, r2star, mask, voxel_size, **common)
+            r2_used = record["r2"]
+            r2_source = "tissue model (R2*-only method)"
+        else:
+            chi_pos, chi_neg = chi_separation(field_ppm, r2star, r2_hz, mask, voxel_size, **common)
+            r2_used = r2_hz
+    if noise is not None and record.get("field_noise_source") == "given":
+        record["field_noise_source"] = noise_source
+    record.update(r2_source=r2_source, r2star_fit="magnitude-weighted log-linear fit of the echoes",
+                  time_s=stage_record.get("time_s"))
+    affine = data.affine
+    save_nifti(path(prefix + "chi_pos.nii.gz"), chi_pos, affine, description="paramagnetic susceptibility (ppm)")
+    save_nifti(path(prefix + "chi_neg.nii.gz"), chi_neg, affine, description="diamagnetic susceptibility (ppm)")
+    save_nifti(path(prefix + "chi_total.nii.gz"), chi_pos + chi_neg, affine,
+               description="chi_pos + chi_neg (ppm)")
+    save_nifti(path(prefix + "r2prime.nii.gz"), r2prime_map(r2star, r2_used, mask), affine,
+               description="R2' = R2* - R2 (1/s)")
+    log.info("chi-separation: %s; %d iterations", r2_source, record.get("iterations", 0))
+    return record
+
+
+def run_separation(out_dir, *, r2_file=None, t2_file=None, magnitude_files=None, phase_files=None, te_s=None,
+                   b0_t=None, bids_dir=None, subject=None, session=None, mask_file=None, reference_mask_file=None,
+                   reference_labels=None, config=None, b0_dir=None, phase_sign=1, phase_unwrapped=False,
+                   dicom_dir=None, options=None, force=False, progress=None):
+    """Susceptibility source separation from files: the QSM run, then chi-separation.
+
+    Writes :data:`SEPARATION_OUTPUTS`: the run's maps (``chi.nii.gz`` is the
+    referenced QSM), ``chi_pos.nii.gz`` and ``chi_neg.nii.gz`` (ppm),
+    ``chi_total.nii.gz`` (their sum, ppm) and ``r2prime.nii.gz`` (1/s), with
+    the separation's record in ``provenance.json``. With ``r2_file`` (R2,
+    1/s) or ``t2_file`` (T2, s) on the data grid, R2' = R2* - R2 is measured;
+    with neither, the R2*-only method takes R2 from a tissue model.
+
+    Returns
+    -------
+    result : QSMResult
+    record : dict
+        The separation's provenance record.
+    """
+    config = (config or PipelineConfig()).validate()
+    if r2_file is not None and t2_file is not None:
+        raise QSMInputError("give --r2 or --t2, not both")
+    inputs = [magnitude_files, phase_files, [mask_file, reference_mask_file, r2_file, t2_file], dicom_dir]
+    with OutputDirectory(out_dir, SEPARATION_OUTPUTS, force=force, inputs=_flatten(inputs), bids_dir=bids_dir) as stage:
+        loaded = {}
+        result = _run_into(stage, "", magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s, b0_t=b0_t,
+                           bids_dir=bids_dir, subject=subject, session=session, total_field_file=None,
+                           local_field_file=None, mask_file=mask_file, reference_mask_file=reference_mask_file,
+                           config=config, b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
+                           progress=progress, loaded=loaded, dicom_dir=dicom_dir, reference_labels=reference_labels)
+        data = loaded["data"]
+        r2_hz = r2_source = None
+        if r2_file is not None or t2_file is not None:
+            r2_hz, r2_source = load_r2_map(r2_file, t2_file, shape=data.shape, affine=data.affine, mask=result.mask)
+        record = _write_separation(stage.path, "", data, result, r2_hz, r2_source, options, progress)
+        provenance = dict(result.provenance)
+        provenance["separation"] = record
+        if r2_file is not None or t2_file is not None:
+            provenance["inputs"] = dict(provenance.get("inputs", {}),
+                                        **({"r2": str(r2_file)} if r2_file is not None else {"t2": str(t2_file)}))
+        provenance["units"] = dict(provenance.get("units", {}), **SEPARATION_UNITS)
+        result.provenance = provenance
+        _write_json(stage.path("provenance.json"), provenance)
+    return result, record
 
 
 # --- DICOM --------------------------------------------------------------------------------------
