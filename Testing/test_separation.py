@@ -368,3 +368,32 @@ def test_qsm_run_also_separation_uses_the_r2star_only_method(small_head, capsys)
     record = provenance["also"]["separation"]
     assert record["r2"] == pytest.approx(R2_TISSUE_MODEL_HZ) and record["max_iter"] == 50
     assert record["r2_source"].startswith("tissue model")
+
+
+def test_qsm_simulate_separation_writes_truth_that_qsm_separate_reads_back(tmp_path, capsys):
+    bids = tmp_path / "bids"
+    status, err = _cli(["simulate", "--separation", "--voxel-size", "2", "--seed", "4", "--out", str(bids)], capsys)
+    assert status == 0, err
+    truth = bids / "derivatives" / "truth" / "sub-01" / "anat"
+    load = lambda path: np.asarray(nib.load(str(path)).dataobj)  # noqa: E731
+    pos = load(truth / "sub-01_desc-paramagnetic_Chimap.nii.gz")
+    neg = load(truth / "sub-01_desc-diamagnetic_Chimap.nii.gz")
+    chi = load(truth / "sub-01_Chimap.nii.gz")
+    r2, r2star = load(truth / "sub-01_R2map.nii.gz"), load(truth / "sub-01_R2starmap.nii.gz")
+    r2prime = load(truth / "sub-01_desc-R2prime_R2starmap.nii.gz")
+    mask = load(truth / "sub-01_desc-brain_mask.nii.gz").astype(bool)
+    labels = load(truth / "sub-01_dseg.nii.gz")
+    np.testing.assert_allclose(chi[mask], (pos + neg)[mask], atol=1e-6)
+    np.testing.assert_allclose(r2star[mask], (r2 + r2prime)[mask], atol=1e-4)
+    assert pos.min() >= 0 and neg.max() <= 0
+
+    out = tmp_path / "separated"
+    status, err = _cli(["separate", "--bids", str(bids), "--r2", str(truth / "sub-01_R2map.nii.gz"),
+                        "--mask", str(truth / "sub-01_desc-brain_mask.nii.gz"), "--out", str(out)], capsys)
+    assert status == 0, err
+    est_pos, est_neg = load(out / "chi_pos.nii.gz"), load(out / "chi_neg.nii.gz")
+    used = load(out / "mask.nii.gz").astype(bool)
+    for name in ("GP", "DN"):
+        sel = (labels == DEEP_GREY_MATTER[name]) & used
+        assert abs(float(est_pos[sel].mean() - pos[sel].mean())) < 0.03, name
+        assert abs(float(est_neg[sel].mean() - neg[sel].mean())) < 0.03, name

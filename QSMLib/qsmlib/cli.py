@@ -235,6 +235,9 @@ def _get_parser():
                      help="with --realistic: white-matter susceptibility anisotropy (synthetic fibre directions)")
     sim.add_argument("--coils", type=int, default=0, metavar="N",
                      help="with --realistic: N receive coils (SoS magnitude, combined phase); default 0: one channel")
+    sim.add_argument("--separation", action="store_true",
+                     help="paramagnetic and diamagnetic parts with R2* = R2 + R2' (chi-separation model); also "
+                          "writes their truth (ppm) and the R2 map (1/s) under derivatives/truth")
     sim.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     _add_swi_parser(sub)
@@ -556,7 +559,8 @@ def _dispatch(args, progress):
         voxel_size = args.voxel_size[0] if len(args.voxel_size) == 1 else tuple(args.voxel_size)
         workflow.simulate_dataset(args.out, voxel_size_mm=voxel_size, b0_t=args.b0, te_s=args.te, snr=args.snr,
                                   subject=args.subject, b0_dir=args.b0_dir, seed=args.seed, force=args.force,
-                                  realistic=args.realistic, wm_anisotropy=args.wm_anisotropy, n_coils=args.coils)
+                                  realistic=args.realistic, wm_anisotropy=args.wm_anisotropy, n_coils=args.coils,
+                                  separation=args.separation)
         print(f"qsm: wrote the simulated BIDS dataset to {args.out}", file=sys.stderr)
     elif args.command == "dicom2bids":
         workflow.dicom_to_bids(args.dicom, args.out, subject=args.subject, session=args.session, te_s=args.te,

@@ -355,15 +355,27 @@ def _write_simulation(path_for, sim, subject, tissues):
         "Units": {"Chimap": "ppm", "fieldmap": "Hz", "R2starmap": "1/s"}})
 
 
+def separation_truth_names(subject):
+    """Relative paths of the chi-separation truth that ``simulate_dataset(separation=True)`` adds."""
+    folder = f"derivatives/truth/sub-{subject}/anat/sub-{subject}"
+    return [f"{folder}_desc-paramagnetic_Chimap.nii.gz", f"{folder}_desc-diamagnetic_Chimap.nii.gz",
+            f"{folder}_R2map.nii.gz", f"{folder}_desc-R2prime_R2starmap.nii.gz"]
+
+
 def simulate_dataset(out_dir, *, voxel_size_mm=1.0, b0_t=3.0, te_s=None, snr=100.0, subject="01",
-                     b0_dir=None, seed=0, force=False, realistic=False, wm_anisotropy=False, n_coils=0):
+                     b0_dir=None, seed=0, force=False, realistic=False, wm_anisotropy=False, n_coils=0,
+                     separation=False):
     """Simulate the head phantom and write it as a BIDS MEGRE dataset with its ground truth.
 
     ``realistic`` uses :func:`qsmlib.simulation.simulate_realistic_gre` (0.64 mm
     model, exact field of cuboid voxels, k-space truncation to ``voxel_size_mm``,
     texture; ``wm_anisotropy`` and ``n_coils`` apply to it only) and also
     writes the volume-averaged susceptibility as ``desc-average_Chimap``; the
-    default is the fast :func:`qsmlib.simulation.simulate_gre`.
+    default is the fast :func:`qsmlib.simulation.simulate_gre`. ``separation``
+    simulates paramagnetic and diamagnetic parts and R2* = R2 + R2'
+    (:func:`qsmlib.simulation.separation.simulate_separation_gre`, fast
+    simulation only) and also writes their truth and the R2 map
+    (:func:`separation_truth_names`; the R2 map is what ``qsm separate --r2`` takes).
     """
     from .simulation import load_fine_head_model, load_head_phantom, simulate_gre, simulate_realistic_gre
 
@@ -372,10 +384,25 @@ def simulate_dataset(out_dir, *, voxel_size_mm=1.0, b0_t=3.0, te_s=None, snr=100
     names = megre_names(subject, len(te_s) if te_s is not None else 5) + truth_names(subject)
     if realistic:
         names.append(_average_chi_name(subject))
+        if separation:
+            raise QSMInputError("--separation applies to the fast simulation only; leave out --realistic")
     elif wm_anisotropy or n_coils:
         raise QSMInputError("wm_anisotropy and n_coils apply to the realistic simulation only")
+    if separation:
+        names += separation_truth_names(subject)
     with OutputDirectory(out_dir, names, force=force) as stage:
-        if realistic:
+        if separation:
+            from .simulation.separation import simulate_separation_gre
+
+            phantom = load_head_phantom(voxel_size_mm)
+            sim = simulate_separation_gre(phantom, b0_t=b0_t, snr=snr, b0_dir=b0_dir, seed=seed, **kwargs)
+            _write_simulation(stage.path, sim, subject, phantom.tissues)
+            pos, neg, r2, r2prime = separation_truth_names(subject)
+            save_nifti(stage.path(pos), sim.chi_pos_ppm, sim.affine, description="true paramagnetic chi (ppm)")
+            save_nifti(stage.path(neg), sim.chi_neg_ppm, sim.affine, description="true diamagnetic chi (ppm)")
+            save_nifti(stage.path(r2), sim.r2_hz, sim.affine, description="R2 (1/s)")
+            save_nifti(stage.path(r2prime), sim.r2prime_hz, sim.affine, description="R2' = R2* - R2 (1/s)")
+        elif realistic:
             model = load_fine_head_model()
             sim = simulate_realistic_gre(model, voxel_size_mm=voxel_size_mm, b0_t=b0_t, snr=snr, b0_dir=b0_dir,
                                          seed=seed, wm_anisotropy=wm_anisotropy, n_coils=n_coils, **kwargs)
