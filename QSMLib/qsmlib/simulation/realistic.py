@@ -126,6 +126,10 @@ class RealisticGRE(SimulatedGRE):
     n_coils : int
     timings_s : dict
         Seconds per stage.
+    chi_pos_ppm, chi_neg_ppm, r2_hz, r2prime_hz : ndarray of float32 or None
+        With ``separation``: the paramagnetic and diamagnetic parts (same
+        reference as ``chi_ppm``, whose sum they are), R2 and R2' (volume
+        averages, 1/s) in the brain.
     """
 
     chi_kspace_ppm: Optional[np.ndarray] = None
@@ -136,12 +140,16 @@ class RealisticGRE(SimulatedGRE):
     wm_anisotropy: bool = False
     n_coils: int = 0
     timings_s: dict = dataclass_field(default_factory=dict)
+    chi_pos_ppm: Optional[np.ndarray] = None
+    chi_neg_ppm: Optional[np.ndarray] = None
+    r2_hz: Optional[np.ndarray] = None
+    r2prime_hz: Optional[np.ndarray] = None
 
 
 def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFAULT_TE_S, snr=100.0,
                            b0_dir=None, wm_anisotropy=False, texture=True, n_coils=0, shim=True,
                            shim_error=SHIM_ERROR, f0_error_hz=F0_ERROR_HZ, tr_s=None, flip_deg=15.0,
-                           truth="kspace", seed=0):
+                           truth="kspace", separation=False, seed=0):
     """Simulate a multi-echo gradient-echo acquisition of the head with a model unlike the inversions'.
 
     See the module docstring for the model. Signal on the fine grid::
@@ -192,6 +200,12 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
         Flip angle (degrees).
     truth : {"kspace", "average"}, optional
         Which reference goes into ``chi_ppm`` (and ``local_field_ppm``).
+    separation : bool, optional
+        Susceptibility source separation: the brain's susceptibility is the
+        sum of a paramagnetic and a diamagnetic part that follow the textures
+        with their published weights, and its R2* is R2 + R2' with
+        R2' = Dr (chi_pos - chi_neg) (:func:`qsmlib.simulation.separation.separation_parts`);
+        their truth is returned. Not with ``wm_anisotropy``.
     seed : int, optional
         Seed of every random component.
 
@@ -222,6 +236,8 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
         raise QSMInputError(f"tr_s: {tr_s} must be longer than the last echo time {te[-1]} s")
     if not 0 < float(flip_deg) <= 90:
         raise QSMInputError(f"flip_deg: {flip_deg} must be in (0, 90] degrees")
+    if separation and wm_anisotropy:
+        raise QSMInputError("separation: the separation model has no anisotropy; leave out wm_anisotropy")
     if model is None:
         model = load_fine_head_model()
     model.validate()
@@ -229,7 +245,7 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
     acq_requested = as_voxel_size(voxel_size_mm, "voxel_size_mm")
     b0_dir = b0_direction_from_affine(model.affine) if b0_dir is None else as_b0_dir(b0_dir)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
-    texture_rng, shim_rng, offset_rng, receive_rng, noise_rng, _ = streams
+    texture_rng, shim_rng, offset_rng, receive_rng, noise_rng, separation_rng = streams
     labels = np.asarray(model.labels)
     mask = np.asarray(model.brain_mask, dtype=bool)
     head = labels != model.air_label
@@ -244,6 +260,14 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
     weight[~head] = 0
     del e1
     chi, r2star, r1 = maps.chi_ppm, maps.r2star_hz, maps.r1_hz
+    parts = None
+    if separation:
+        from .separation import separation_parts
+
+        parts = separation_parts(model, maps.r2star_dev_3t_hz if texture else None,
+                                 maps.r1_dev_3t_hz if texture else None, b0_t=b0_t, rng=separation_rng)
+        chi = np.where(mask, parts["chi_pos_ppm"] + parts["chi_neg_ppm"], chi)
+        r2star = np.where(mask, parts["r2star_hz"], r2star)
     del maps
     timings["tissue_maps"] = _lap(start)
 
@@ -314,6 +338,15 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
     # The total field jumps where the model's box ends; its volume average does not ring.
     total_acq = area_average(to_fov(field_hz), matrices)
     del field_hz
+    separated = {}
+    if parts is not None:
+        for key in ("chi_pos_ppm", "chi_neg_ppm"):
+            fov = to_fov(parts[key])
+            separated[key] = (kspace_resample(fov, acq_shape) if truth == "kspace"
+                              else area_average(fov, matrices)) * mask_acq
+        for key in ("r2_hz", "r2prime_hz"):
+            separated[key] = area_average(to_fov(parts[key]), matrices) * mask_acq
+        del parts, fov
     r2star_acq = area_average(to_fov(r2star), matrices)
     r1_acq = area_average(to_fov(r1), matrices)
     labels_acq = majority_labels(to_fov(labels, fill=model.air_label), to_fov(mask), matrices, mask_acq,
@@ -347,7 +380,7 @@ def simulate_realistic_gre(model=None, *, voxel_size_mm=1.0, b0_t=3.0, te_s=DEFA
         brain_mask=mask_acq, labels=labels_acq, r2star_hz=r2star_acq, phase_offset_rad=offset,
         noise_sd=noise_sd, chi_kspace_ppm=chi_kspace, chi_average_ppm=chi_average, truth=truth,
         r1_hz=r1_acq, fine_voxel_size_mm=tuple(fine_mm), wm_anisotropy=bool(wm_anisotropy),
-        n_coils=n_coils, timings_s=timings)
+        n_coils=n_coils, timings_s=timings, **separated)
 
 
 def _lap(start):

@@ -110,14 +110,10 @@ def separation_maps(phantom, *, b0_t=3.0, texture=True, dr_pos=None, dr_neg=None
 
     Returns
     -------
-    dict of ndarray (float32)
-        ``chi_pos_ppm``, ``chi_neg_ppm``, ``r2_hz``, ``r2prime_hz``, ``r2star_hz`` (brain only,
-        0 outside), and the scalars ``dr_pos``, ``dr_neg``.
+    dict
+        ``chi_pos_ppm``, ``chi_neg_ppm``, ``r2_hz``, ``r2prime_hz``, ``r2star_hz`` (float32, brain
+        only, 0 outside), and the scalars ``dr_pos``, ``dr_neg``.
     """
-    b0_t = check_b0(b0_t, name="b0_t")
-    dr = relaxometric_constant(b0_t)
-    dr_pos = dr if dr_pos is None else check_number(dr_pos, "dr_pos", strict=True)
-    dr_neg = dr if dr_neg is None else check_number(dr_neg, "dr_neg", strict=True)
     labels = np.asarray(phantom.labels)
     mask = np.asarray(phantom.brain_mask, dtype=bool)
     tissues = shipped_tissues()
@@ -128,20 +124,52 @@ def separation_maps(phantom, *, b0_t=3.0, texture=True, dr_pos=None, dr_neg=None
     model = FineHeadModel(labels=labels, brain_mask=mask, affine=phantom.affine,
                           voxel_size_mm=tuple(phantom.voxel_size_mm), tissues=tissues, air_label=air)
     rng_texture, rng_r2 = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    parts = {}
     if texture:
         r2star_dev, r1_dev, _ = relaxation_textures(model, rng_texture)
+    else:
+        r2star_dev = r1_dev = None
+    return separation_parts(model, r2star_dev, r1_dev, b0_t=b0_t, dr_pos=dr_pos, dr_neg=dr_neg, rng=rng_r2)
+
+
+def separation_parts(model, r2star_dev_hz, r1_dev_hz, *, b0_t, dr_pos=None, dr_neg=None, rng=None):
+    """The two parts, R2, R2' and R2* in the brain of ``model`` from its relaxation textures.
+
+    Parameters
+    ----------
+    model : FineHeadModel
+        Labels, brain mask, voxel size and the tissue table (``chi_pos_ppm``,
+        ``chi_neg_ppm`` and the texture weights per label).
+    r2star_dev_hz, r1_dev_hz : ndarray or None
+        Deviations of R2* and R1 from the tissue means at 3 T (1/s); None: no texture.
+    b0_t : float
+        Field strength (T) of the relaxometric constants.
+    dr_pos, dr_neg : float, optional
+        Relaxometric constants (Hz/ppm).
+    rng : numpy Generator, optional
+        Draws the R2 texture (none when ``None`` or without relaxation textures).
+
+    Returns
+    -------
+    dict
+        As :func:`separation_maps`.
+    """
+    b0_t = check_b0(b0_t, name="b0_t")
+    dr = relaxometric_constant(b0_t)
+    dr_pos = dr if dr_pos is None else check_number(dr_pos, "dr_pos", strict=True)
+    dr_neg = dr if dr_neg is None else check_number(dr_neg, "dr_neg", strict=True)
+    labels = np.asarray(model.labels)
+    mask = np.asarray(model.brain_mask, dtype=bool)
+    parts = {}
     for sign in ("pos", "neg"):
         values = model.lookup(f"chi_{sign}_ppm").astype(np.float32)[labels]
-        if texture:
-            values += model.lookup(f"r2star_weight_{sign}").astype(np.float32)[labels] * r2star_dev
-            values += model.lookup(f"r1_weight_{sign}").astype(np.float32)[labels] * r1_dev
+        if r2star_dev_hz is not None:
+            values += model.lookup(f"r2star_weight_{sign}").astype(np.float32)[labels] * r2star_dev_hz
+            values += model.lookup(f"r1_weight_{sign}").astype(np.float32)[labels] * r1_dev_hz
         values = np.maximum(values, 0) if sign == "pos" else np.minimum(values, 0)
         parts[sign] = np.where(mask, values, np.float32(0)).astype(np.float32)
     r2 = shipped_r2_table().astype(np.float32)[labels]
-    if texture:
-        r2 *= 1 + np.float32(R2_CV) * smooth_random_field(labels.shape, phantom.voxel_size_mm, R2_TEXTURE_MM,
-                                                          rng_r2)
+    if r2star_dev_hz is not None and rng is not None:
+        r2 *= 1 + np.float32(R2_CV) * smooth_random_field(labels.shape, model.voxel_size_mm, R2_TEXTURE_MM, rng)
     r2 = np.where(mask, r2, np.float32(0)).astype(np.float32)
     r2prime = (np.float32(dr_pos) * parts["pos"] - np.float32(dr_neg) * parts["neg"]).astype(np.float32)
     return {"chi_pos_ppm": parts["pos"], "chi_neg_ppm": parts["neg"], "r2_hz": r2, "r2prime_hz": r2prime,
