@@ -370,10 +370,17 @@ def test_qsm_run_also_separation_uses_the_r2star_only_method(small_head, capsys)
     assert record["r2_source"].startswith("tissue model")
 
 
-def test_qsm_simulate_separation_writes_truth_that_qsm_separate_reads_back(tmp_path, capsys):
-    bids = tmp_path / "bids"
-    status, err = _cli(["simulate", "--separation", "--voxel-size", "2", "--seed", "4", "--out", str(bids)], capsys)
-    assert status == 0, err
+@pytest.fixture(scope="module")
+def simulated_bids(tmp_path_factory):
+    """``qsm simulate --separation`` at 2 mm: a BIDS dataset with the separation truth."""
+    bids = tmp_path_factory.mktemp("simulated") / "bids"
+    status = main(["-q", "simulate", "--separation", "--voxel-size", "2", "--seed", "4", "--out", str(bids)])
+    assert status == 0
+    return bids
+
+
+def test_qsm_simulate_separation_writes_truth_that_qsm_separate_reads_back(simulated_bids, tmp_path, capsys):
+    bids = simulated_bids
     truth = bids / "derivatives" / "truth" / "sub-01" / "anat"
     load = lambda path: np.asarray(nib.load(str(path)).dataobj)  # noqa: E731
     pos = load(truth / "sub-01_desc-paramagnetic_Chimap.nii.gz")
@@ -423,3 +430,31 @@ def test_realistic_simulator_separation_truth():
     assert 0.11 < float(sim.chi_pos_ppm[gp].mean()) < 0.15 and -0.02 < float(sim.chi_neg_ppm[gp].mean()) < -0.01
     with pytest.raises(QSMInputError, match="anisotropy"):
         simulate_realistic_gre(block, separation=True, wm_anisotropy=True)
+
+
+def test_batch_separation_writes_both_maps_and_their_region_means(simulated_bids, tmp_path):
+    from qsmlib import batch
+
+    bids, out = str(simulated_bids), tmp_path / "deriv"
+    job = batch.SubjectJob("01")
+    labels = simulated_bids / "derivatives" / "truth" / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
+    kwargs = {"config": None, "also": ["separation"], "also_options": {"separation": {"max_iter": 60}}}
+    record = batch.process_subject(bids, str(out), job, kwargs, {"p": 1}, labels_file=str(labels))
+    assert record["status"] == "done", record.get("error")
+    for _name, suffix in batch.SEPARATION_SUFFIXES:
+        assert (out / job.anat(suffix)).is_file(), suffix
+    assert batch.completed_hash(out, job, separation=True) == record["content_hash"]
+    assert batch.completed_hash(out, job, separation=False) == record["content_hash"]
+    gp = next(r for r in record["regions"] if r["region"] == "GP")
+    wm = next(r for r in record["regions"] if r["region"] == "WM")
+    assert gp["chi_pos_mean_ppm"] > 3 * -gp["chi_neg_mean_ppm"] > 0
+    assert -wm["chi_neg_mean_ppm"] > wm["chi_pos_mean_ppm"] >= 0
+    batch.write_regions_csv(tmp_path / "regions.csv", [record])
+    with open(tmp_path / "regions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"chi_pos_mean_ppm", "chi_neg_mean_ppm"} <= set(rows[0])
+    assert float(next(r for r in rows if r["region"] == "GP")["chi_pos_mean_ppm"]) == pytest.approx(
+        gp["chi_pos_mean_ppm"])
+    # unchanged inputs and parameters: the next run skips the subject
+    again = batch.process_subject(bids, str(out), job, kwargs, {"p": 1}, labels_file=str(labels))
+    assert again["status"] == "skipped"

@@ -12,6 +12,11 @@ It writes a BIDS derivatives dataset::
                                  ..._desc-local_fieldmap.nii.gz         (Hz)
                                  ..._Chimap.json                        (provenance sidecar)
     DERIV_DIR/sub-X[/ses-Y]/figures/sub-X[_ses-Y]_desc-qc_montage.png
+
+With ``separation`` each subject also gets ``..._desc-paramagnetic_Chimap``,
+``..._desc-diamagnetic_Chimap``, ``..._desc-separationsum_Chimap`` (ppm) and
+``..._desc-R2prime_R2starmap`` (1/s) from the R2*-only chi-separation, and
+``regions.csv`` the mean of both parts per region.
     DERIV_DIR/index.html, batch_report.json, batch_summary.txt [, regions.csv]
 
 Each subject is reconstructed into a private work folder; its files are then
@@ -56,6 +61,11 @@ log = logging.getLogger("qsmlib")
 MAP_SUFFIXES = (("chi.nii.gz", "Chimap.nii.gz"), ("mask.nii.gz", "desc-brain_mask.nii.gz"),
                 ("total_field.nii.gz", "desc-total_fieldmap.nii.gz"),
                 ("local_field.nii.gz", "desc-local_fieldmap.nii.gz"))
+#: With ``separation`` (qsm batch --separation): the chi-separation maps of ``run_qsm --also separation``.
+SEPARATION_SUFFIXES = (("chi_pos.nii.gz", "desc-paramagnetic_Chimap.nii.gz"),
+                       ("chi_neg.nii.gz", "desc-diamagnetic_Chimap.nii.gz"),
+                       ("chi_total.nii.gz", "desc-separationsum_Chimap.nii.gz"),
+                       ("r2prime.nii.gz", "desc-R2prime_R2starmap.nii.gz"))
 SIDECAR_SUFFIX = "Chimap.json"
 QC_SUFFIX = "desc-qc_montage.png"
 WORK_FOLDER = ".qsm-batch-work"
@@ -221,12 +231,22 @@ def content_hash(files, parameters, root):
     return digest.hexdigest()
 
 
-def subject_outputs(job):
+def map_suffixes(separation=False):
+    """(run_qsm output name, derivatives suffix) of every map a subject has."""
+    return MAP_SUFFIXES + (SEPARATION_SUFFIXES if separation else ())
+
+
+def _separation(run_kwargs):
+    return "separation" in (run_kwargs.get("also") or ())
+
+
+def subject_outputs(job, separation=False):
     """Relative paths of every file a finished subject has, the sidecar last."""
-    return [job.anat(suffix) for _name, suffix in MAP_SUFFIXES] + [job.qc(), job.anat(SIDECAR_SUFFIX)]
+    return ([job.anat(suffix) for _name, suffix in map_suffixes(separation)]
+            + [job.qc(), job.anat(SIDECAR_SUFFIX)])
 
 
-def completed_hash(out_dir, job):
+def completed_hash(out_dir, job, separation=False):
     """The content hash of a finished subject's outputs, or None when they are missing or incomplete."""
     sidecar = Path(out_dir) / job.anat(SIDECAR_SUFFIX)
     try:
@@ -234,7 +254,8 @@ def completed_hash(out_dir, job):
     except (OSError, ValueError):
         return None
     batch = data.get("batch", {}) if isinstance(data, dict) else {}
-    if not batch.get("complete") or not all((Path(out_dir) / f).is_file() for f in subject_outputs(job)):
+    if not batch.get("complete") or not all((Path(out_dir) / f).is_file()
+                                            for f in subject_outputs(job, separation)):
         return None
     return batch.get("content_hash")
 
@@ -257,18 +278,19 @@ def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_fi
     try:
         files = input_files(bids_dir, job)
         digest = content_hash(files, parameters, bids_dir)
-        if not force and completed_hash(out_dir, job) == digest:
+        separation = _separation(run_kwargs)
+        if not force and completed_hash(out_dir, job, separation) == digest:
             record["status"] = "skipped"
         else:
             _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, digest)
             record["status"] = "done"
         record["content_hash"] = digest
-        record["outputs"] = subject_outputs(job)
+        record["outputs"] = subject_outputs(job, separation)
         if atlas is not None:
             record["outputs"] += atlas_outputs(job)[:-1]
             labels_file = segment_subject(bids_dir, out_dir, job, atlas, digest, force=force)
             record["outputs"].append(atlas_outputs(job)[-1])
-        record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file)
+        record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file, separation)
     except Exception as exc:  # one subject's failure must not stop the cohort
         record["status"] = "failed"
         record["error"] = describe_failure(exc)
@@ -290,11 +312,11 @@ def _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, 
         provenance = json.loads((work / "maps" / "provenance.json").read_text())
         provenance["batch"] = {"complete": True, "content_hash": digest, "parameters": parameters,
                                "inputs": [os.path.relpath(f, bids_dir) for f in files],
-                               "outputs": subject_outputs(job),
+                               "outputs": subject_outputs(job, _separation(run_kwargs)),
                                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         sidecar = work / "sidecar.json"
         sidecar.write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        moves = [(work / "maps" / name, job.anat(suffix)) for name, suffix in MAP_SUFFIXES]
+        moves = [(work / "maps" / name, job.anat(suffix)) for name, suffix in map_suffixes(_separation(run_kwargs))]
         moves += [(qc_path, job.qc()), (sidecar, job.anat(SIDECAR_SUFFIX))]
         _commit(out_dir, job, moves)
     finally:
@@ -488,8 +510,11 @@ def read_label_names(labels_file):
     return names
 
 
-def subject_statistics(out_dir, job, labels_file=None):
+def subject_statistics(out_dir, job, labels_file=None, separation=False):
     """QC metrics of a finished subject, and its per-region statistics with a label image.
+
+    With ``separation`` each region also gets ``chi_pos_mean_ppm`` and
+    ``chi_neg_mean_ppm``, the means of the chi-separation maps.
 
     Returns
     -------
@@ -519,6 +544,12 @@ def subject_statistics(out_dir, job, labels_file=None):
                                 "grid of the input data")
         labels = np.rint(labels.reshape(chi.shape)).astype(np.int64)
         regions = label_statistics(chi, labels, mask, read_label_names(labels_file))
+        if separation:
+            for key, suffix in (("chi_pos_mean_ppm", "desc-paramagnetic_Chimap.nii.gz"),
+                                ("chi_neg_mean_ppm", "desc-diamagnetic_Chimap.nii.gz")):
+                part, _ = load_nifti(Path(out_dir) / job.anat(suffix))
+                for region in regions:
+                    region[key] = float(part[mask & (labels == region["label"])].astype(np.float64).mean())
     return metrics, regions
 
 
@@ -602,13 +633,15 @@ def write_regions_csv(path, records):
     Text cells go through :func:`spreadsheet_safe`.
     """
     columns = ["subject", "session", "region", "label", "mean_ppm", "median_ppm", "sd_ppm", "voxels"]
+    if any("chi_pos_mean_ppm" in region for r in records for region in r.get("regions") or ()):
+        columns += ["chi_pos_mean_ppm", "chi_neg_mean_ppm"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in records:
             for region in r.get("regions") or ():
                 writer.writerow([spreadsheet_safe(r["subject"]), spreadsheet_safe(r["session"] or ""),
-                                 spreadsheet_safe(region["region"])] + [region[c] for c in columns[3:]])
+                                 spreadsheet_safe(region["region"])] + [region.get(c, "") for c in columns[3:]])
 
 
 def _ppm(value):
@@ -857,7 +890,7 @@ class _Cluster:
 def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
               threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
               b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
-              atlas_dir=None, atlas_options=None):
+              atlas_dir=None, atlas_options=None, separation=False, separation_options=None):
     """Reconstruct every subject of a BIDS dataset on Dask; write a derivatives dataset and QC.
 
     Parameters
@@ -883,6 +916,10 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
         subject, and ``regions.csv`` from them. A failed registration fails that
         subject alone. Not with ``labels_pattern``.
     atlas_options : qsmlib.atlas.RegistrationOptions, optional
+    separation : bool, optional
+        Also the R2*-only chi-separation per subject (:data:`SEPARATION_SUFFIXES`),
+        and both parts' means per region in ``regions.csv``; ``separation_options``
+        are its options (as ``--option separation.KEY=VALUE``).
     mask_file, config, b0_dir, phase_sign, phase_unwrapped, reference_mask_file
         As for :func:`qsmlib.workflow.run_qsm`, the same for every subject.
     progress : callable, optional
@@ -925,7 +962,8 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
                                  labels_pattern=labels_pattern, force=force, mask_file=mask_file, config=config,
                                  b0_dir=b0_dir, phase_sign=phase_sign, phase_unwrapped=phase_unwrapped,
                                  reference_mask_file=reference_mask_file, progress=progress,
-                                 atlas_dir=atlas_dir, atlas_options=atlas_options)
+                                 atlas_dir=atlas_dir, atlas_options=atlas_options, separation=separation,
+                                 separation_options=separation_options)
     except BaseException:
         lock.release()
         if created:  # refused before writing anything: leave no empty folder behind
@@ -953,7 +991,7 @@ def remove_dead_work(out_dir):
 def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
                       threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
                       b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
-                      atlas_dir=None, atlas_options=None):
+                      atlas_dir=None, atlas_options=None, separation=False, separation_options=None):
     """:func:`run_batch` once it holds the output folder's lock."""
     from distributed import as_completed
 
@@ -970,6 +1008,12 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
                   "phase_sign": phase_sign, "phase_unwrapped": phase_unwrapped,
                   "mask_file": None if mask_file is None else os.path.abspath(mask_file),
                   "reference_mask_file": None if reference_mask_file is None else os.path.abspath(reference_mask_file)}
+    if separation:  # only then: the hash of a batch without it stays what it was
+        run_kwargs["also"] = ["separation"]
+        if separation_options:
+            run_kwargs["also_options"] = {"separation": dict(separation_options)}
+    elif separation_options:
+        raise QSMInputError("--option separation.*: add --separation to compute it")
     parameters = pipeline_parameters(run_kwargs)
     for key in ("mask_file", "reference_mask_file"):
         if run_kwargs[key] is not None:

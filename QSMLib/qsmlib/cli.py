@@ -603,6 +603,10 @@ def _add_batch_parser(sub):
                         "derivatives/truth/sub-{subject}/anat/sub-{subject}_dseg.nii.gz (names from the .tsv "
                         "beside it); writes regions.csv")
     p.add_argument("--force", action="store_true", help="recompute finished subjects too")
+    p.add_argument("--separation", action="store_true",
+                   help="also the R2*-only chi-separation per subject: desc-paramagnetic_Chimap, "
+                        "desc-diamagnetic_Chimap, desc-separationsum_Chimap (ppm), desc-R2prime_R2starmap (1/s), "
+                        "and both parts' means in regions.csv (options with --option separation.KEY=VALUE)")
     _add_pipeline_options(p)
     _add_atlas_option(p)
 
@@ -615,11 +619,13 @@ def _run_batch(args):
                             "apply to qsm run only")
     if any(method in ("swi", "r2star") for method, _key, _value in args.option):
         raise QSMInputError("qsm batch writes susceptibility maps only; --option swi.* / r2star.* apply to qsm run")
+    separation_options = _split_also_options(args).get("separation")
     report = run_batch(args.bids_dir, args.out, participant_labels=args.participant_label,
                        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
                        labels_pattern=args.labels_pattern, force=args.force, config=_config(args),
                        b0_dir=args.b0_dir, phase_sign=args.phase_sign, phase_unwrapped=args.phase_unwrapped,
-                       atlas_dir=args.atlas, atlas_options=_atlas_options(args))
+                       atlas_dir=args.atlas, atlas_options=_atlas_options(args), separation=args.separation,
+                       separation_options=separation_options)
     counts = report["counts"]
     print(f"qsm: batch: {counts['done']} processed, {counts['skipped']} unchanged, {counts['failed']} failed; "
           f"see {args.out}/index.html and {args.out}/batch_summary.txt", file=sys.stderr)
