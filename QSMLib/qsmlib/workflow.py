@@ -819,11 +819,14 @@ SEPARATION_UNITS = {"chi_pos": "ppm", "chi_neg": "ppm", "chi_total": "ppm", "r2p
 R2_PLAUSIBLE_HZ = (2.0, 100.0)
 
 
-def load_r2_map(r2_file=None, t2_file=None, *, shape, affine, mask):
+def load_r2_map(r2_file=None, t2_file=None, *, shape=None, affine=None, mask=None):
     """R2 (1/s) on the data grid from an R2 map (1/s) or a T2 map (s); with a description of the source.
 
-    Raises QSMInputError naming the file when both or neither make sense, the grid
-    differs, or the values are not plausible in the expected unit (T2 in ms, say).
+    Without ``shape`` and ``affine`` the file is only read and checked (a quick
+    check before a long run); without ``mask`` the plausibility of the unit is
+    judged on the map's positive voxels. Raises QSMInputError naming the file
+    when both files are given, the grid differs, or the values are not plausible
+    in the expected unit (T2 in ms, say).
     """
     from .io.multiecho import _load_on_grid
 
@@ -831,7 +834,14 @@ def load_r2_map(r2_file=None, t2_file=None, *, shape, affine, mask):
         raise QSMInputError("give --r2 or --t2, not both")
     path = r2_file if r2_file is not None else t2_file
     what = "R2 map" if r2_file is not None else "T2 map"
-    values = _load_on_grid(path, shape, affine, what).astype(np.float32)
+    if shape is None:
+        values = load_field(path)[0].astype(np.float32)
+    else:
+        values = _load_on_grid(path, shape, affine, what).astype(np.float32)
+    if mask is None:
+        mask = values > 0
+        if not mask.any():
+            raise QSMInputError(f"{path}: the {what} has no positive value; give R2 in 1/s or T2 in s")
     inside = values[mask]
     if not np.all(np.isfinite(inside)):
         raise QSMInputError(f"{path}: the {what} holds NaN or infinite values in the brain mask; "
@@ -943,6 +953,8 @@ def run_separation(out_dir, *, r2_file=None, t2_file=None, magnitude_files=None,
         raise QSMInputError("give --r2 or --t2, not both")
     inputs = [magnitude_files, phase_files, [mask_file, reference_mask_file, r2_file, t2_file], dicom_dir]
     with OutputDirectory(out_dir, SEPARATION_OUTPUTS, force=force, inputs=_flatten(inputs), bids_dir=bids_dir) as stage:
+        if r2_file is not None or t2_file is not None:
+            load_r2_map(r2_file, t2_file)  # the file and its unit, before the long part
         loaded = {}
         result = _run_into(stage, "", magnitude_files=magnitude_files, phase_files=phase_files, te_s=te_s, b0_t=b0_t,
                            bids_dir=bids_dir, subject=subject, session=session, total_field_file=None,
