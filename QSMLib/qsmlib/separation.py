@@ -391,57 +391,82 @@ def _solve(grid, field, target_r, weight_f, weight_r, beta, lam, max_iter, tol, 
     total_prev = None
     change = 1.0
     iteration = 0
+    buf, common, q = zeros(), zeros(), zeros()
+    spec_tmp = None
     for iteration in range(1, max_iter + 1):
-        # (p, n) update: a 2 x 2 system per spatial frequency.
-        spec_y = fourier.rfft(y - u_y)
+        # (p, n) update: a 2 x 2 system per spatial frequency (in place, to spare memory traffic).
+        np.subtract(y, u_y, out=buf)
+        spec_y = fourier.rfft(buf)
         spec_y *= field_gain
-        rhs_common = rho_r * (s - u_s)
+        np.subtract(s, u_s, out=common)
+        common *= rho_r
         np.subtract(z_p, d_p, out=grad)
         backward_divergence(grad, div, inv_h, scratch)
-        rhs = rhs_common + rho_c * (v_p - u_p) - rho_g * div
-        spec_p = fourier.rfft(rhs)
+        np.subtract(v_p, u_p, out=buf)
+        buf *= rho_c
+        buf += common
+        div *= rho_g
+        buf -= div
+        spec_p = fourier.rfft(buf)
         np.subtract(z_n, d_n, out=grad)
         backward_divergence(grad, div, inv_h, scratch)
-        rhs = np.float32(-beta) * rhs_common + rho_c * (v_n - u_n) - rho_g * div
-        spec_n = fourier.rfft(rhs)
-        del rhs, rhs_common
+        np.subtract(v_n, u_n, out=buf)
+        buf *= rho_c
+        common *= np.float32(-beta)
+        buf += common
+        div *= rho_g
+        buf -= div
+        spec_n = fourier.rfft(buf)
         spec_p += spec_y
         spec_n += spec_y
-        del spec_y
-        new_p = c11 * spec_p + c12 * spec_n
-        new_n = c12 * spec_p + c22 * spec_n
-        del spec_p, spec_n
-        model_field = fourier.irfft(kernel * (new_p + new_n), shape).astype(np.float32, copy=False)
-        p = fourier.irfft(new_p, shape).astype(np.float32, copy=False)
-        n = fourier.irfft(new_n, shape).astype(np.float32, copy=False)
-        del new_p, new_n
+        if spec_tmp is None:
+            spec_tmp = np.empty_like(spec_p)
+        np.multiply(spec_n, c12, out=spec_y)      # c12 N
+        np.multiply(spec_p, c12, out=spec_tmp)    # c12 P
+        spec_n *= c22
+        spec_n += spec_tmp                        # new N = c12 P + c22 N
+        spec_p *= c11
+        spec_p += spec_y                          # new P = c11 P + c12 N
+        np.add(spec_p, spec_n, out=spec_y)
+        spec_y *= kernel
+        model_field = fourier.irfft(spec_y, shape).astype(np.float32, copy=False)
+        p = fourier.irfft(spec_p, shape).astype(np.float32, copy=False)
+        n = fourier.irfft(spec_n, shape).astype(np.float32, copy=False)
+        del spec_p, spec_n, spec_y
 
         # Data splits, TV shrinkage, sign projections, and the scaled duals.
-        q = model_field + u_y
-        y = (data_f + rho_f * q) * inv_f
-        u_y = q - y
-        model_r = p - np.float32(beta) * n
-        q = model_r + u_s
-        s = (data_r + rho_r * q) * inv_r
-        u_s = q - s
+        np.add(model_field, u_y, out=q)
+        np.multiply(q, rho_f, out=y)
+        y += data_f
+        y *= inv_f
+        np.subtract(q, y, out=u_y)
+        np.multiply(n, np.float32(-beta), out=q)
+        q += p
+        q += u_s
+        np.multiply(q, rho_r, out=s)
+        s += data_r
+        s *= inv_r
+        np.subtract(q, s, out=u_s)
         for x, z, d in ((p, z_p, d_p), (n, z_n, d_n)):
             forward_differences(x, grad, inv_h)
             grad += d
             _shrink(grad, z, threshold, scratch)
             np.subtract(grad, z, out=d)
-        q = p + u_p
-        v_p = np.maximum(q, 0) * in_mask
-        u_p = q - v_p
-        q = n + u_n
-        v_n = np.minimum(q, 0) * in_mask
-        u_n = q - v_n
+        np.add(p, u_p, out=q)
+        np.maximum(q, 0, out=v_p)
+        v_p *= in_mask
+        np.subtract(q, v_p, out=u_p)
+        np.add(n, u_n, out=q)
+        np.minimum(q, 0, out=v_n)
+        v_n *= in_mask
+        np.subtract(q, v_n, out=u_n)
 
         change = _relative_change(p, n, total_prev, in_mask)
         if callback is not None:
             callback(iteration, change)
         if change < tol:
             break
-        total_prev = (p.copy(), n.copy())
+        total_prev = (p, n)  # fresh arrays each iteration, never changed in place
     # The constrained iterate: signs and support hold exactly.
     return v_p, v_n, iteration, float(change)
 
@@ -452,7 +477,10 @@ def _shrink(work, out, threshold, radius):
     radius += work[1] * work[1]
     radius += work[2] * work[2]
     np.sqrt(radius, out=radius)
-    scale = np.maximum(radius - threshold, 0) / np.maximum(radius, np.float32(1e-30))
+    scale = radius - threshold
+    np.maximum(scale, 0, out=scale)
+    np.maximum(radius, np.float32(1e-30), out=radius)
+    scale /= radius
     np.multiply(work, scale, out=out)
     return out
 
