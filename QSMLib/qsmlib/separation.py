@@ -29,7 +29,7 @@ frequency, the data terms are voxel-wise weighted means, TV a shrinkage and
 the sign constraints projections.
 
 Without an R2 measurement, :func:`chi_separation_r2star` takes R2 from a
-tissue model (a constant per field strength, :data:`R2_TISSUE_MODEL_HZ`), as
+tissue model (a literature constant of brain parenchyma, :data:`R2_TISSUE_MODEL_HZ`), as
 the R2*-only variants of chi-separation and APART-QSM do; its error is that
 of the model (see the README's accuracy table).
 """
@@ -57,8 +57,9 @@ DR_REFERENCE_B0_T = 3.0
 #: Holland SK, Dunn RS, Ball WS. NMR relaxation times in the human brain at 3.0 tesla.
 #: J Magn Reson Imaging 1999;9:531-538; Stanisz GJ, Odrobina EE, Pun J, et al. T1, T2
 #: relaxation and magnetization transfer in tissue at 3T. Magn Reson Med 2005;54:507-512.
-#: R2 of brain tissue changes little with B0 between 1.5 and 7 T compared with R2'; the
-#: same value is used at every field. Override it (``r2_hz``) where a better model exists.
+#: R2 of brain tissue rises much less with B0 than R2' does; the same value is used at every
+#: field, which makes the method less accurate away from 3 T. Override it (``r2_hz``) where a
+#: better model exists.
 R2_TISSUE_MODEL_HZ = 13.0
 
 DEFAULT_MAX_ITER = 300
@@ -66,7 +67,9 @@ DEFAULT_MAX_ITER = 300
 DEFAULT_TOL = 2e-3
 #: ADMM penalties, in the solver's normalised units (data weights of median 1): the TV
 #: split's in mm^2 as in TV-ADMM, the sign constraints' and the data splits' dimensionless.
-#: They change the speed of convergence, not the solution.
+#: They change the speed of convergence, not the solution. Chosen for speed on the noise-free
+#: known-answer phantom of the tests (these reach 0.6 % NRMSE in 400 iterations at lam = 1e-6,
+#: where 1 / 0.05 / 0.02 reach 2.1 %) and checked on the 1 mm head (about 45 iterations).
 RHO_TV = 0.01
 RHO_SIGN = 0.01
 RHO_DATA = 0.1
