@@ -879,7 +879,7 @@ def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, pro
     """Chi-separation from the pipeline's local field and the magnitude's R2*; writes the maps, returns a record."""
     from .constants import hz_to_ppm
     from .relaxometry import r2star_loglinear
-    from .separation import chi_separation, chi_separation_r2star, r2prime_map
+    from .separation import DEFAULT_MAX_ITER, chi_separation, chi_separation_r2star, r2prime_map
 
     import inspect
 
@@ -898,8 +898,8 @@ def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, pro
     mask = result.mask
     field_ppm = hz_to_ppm(result.local_field_hz, data.b0_t).astype(np.float32)
     record = {}
-    with StageRecorder(progress).stage("chi-separation", parameters={"max_iter": options.get("max_iter", 300)}) \
-            as (callback, stage_record):
+    stage_parameters = {"max_iter": options.get("max_iter", DEFAULT_MAX_ITER)}
+    with StageRecorder(progress).stage("chi-separation", parameters=stage_parameters) as (callback, stage_record):
         r2star, _s0 = r2star_loglinear(data.magnitude, data.te_s, mask)
         noise, noise_source = field_noise_from_provenance(result)
         if noise is None or "field_noise_sd_ppm" in options:
