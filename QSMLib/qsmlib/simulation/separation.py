@@ -152,6 +152,12 @@ def separation_parts(model, r2star_dev_hz, r1_dev_hz, *, b0_t, dr_pos=None, dr_n
     -------
     dict
         As :func:`separation_maps`.
+
+    Notes
+    -----
+    The published table leaves calcification unsplit (0 and 0 for a total of
+    -3.3 ppm); here it is wholly diamagnetic, as calcium is. Every brain tissue's
+    parts then add up to the table's total (before texture).
     """
     b0_t = check_b0(b0_t, name="b0_t")
     dr = relaxometric_constant(b0_t)
@@ -159,9 +165,15 @@ def separation_parts(model, r2star_dev_hz, r1_dev_hz, *, b0_t, dr_pos=None, dr_n
     dr_neg = dr if dr_neg is None else check_number(dr_neg, "dr_neg", strict=True)
     labels = np.asarray(model.labels)
     mask = np.asarray(model.brain_mask, dtype=bool)
+    # Where the published split does not add up to the tissue's susceptibility (calcification:
+    # -3.3 ppm, split 0 and 0), the rest goes to the part of its sign: calcium is diamagnetic.
+    means = {"pos": model.lookup("chi_pos_ppm"), "neg": model.lookup("chi_neg_ppm")}
+    rest = model.lookup("chi_ppm") - means["pos"] - means["neg"]
+    means["pos"] = means["pos"] + np.maximum(rest, 0)
+    means["neg"] = means["neg"] + np.minimum(rest, 0)
     parts = {}
     for sign in ("pos", "neg"):
-        values = model.lookup(f"chi_{sign}_ppm").astype(np.float32)[labels]
+        values = means[sign].astype(np.float32)[labels]
         if r2star_dev_hz is not None:
             values += model.lookup(f"r2star_weight_{sign}").astype(np.float32)[labels] * r2star_dev_hz
             values += model.lookup(f"r1_weight_{sign}").astype(np.float32)[labels] * r1_dev_hz
