@@ -363,7 +363,8 @@ def test_qsm_run_also_separation_uses_the_r2star_only_method(small_head, capsys)
     folder, f, _sim = small_head
     out = folder / "run_also"
     status, err = _cli(["run", "--mag", f["mag"], "--phase", f["phase"], "--te", *f["te"], "--b0", "3",
-                        "--mask", f["mask"], "--also", "separation", "--option", "separation.max_iter=50",
+                        "--mask", f["mask"], "--preset", "fast", "--also", "separation",
+                        "--option", "separation.max_iter=50",
                         "--out", str(out)], capsys)
     assert status == 0, err
     for name in ("chi_pos.nii.gz", "chi_neg.nii.gz", "chi_total.nii.gz", "r2prime.nii.gz", "chi.nii.gz"):
@@ -442,7 +443,8 @@ def test_batch_separation_writes_both_maps_and_their_region_means(simulated_bids
     bids, out = str(simulated_bids), tmp_path / "deriv"
     job = batch.SubjectJob("01")
     labels = simulated_bids / "derivatives" / "truth" / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
-    kwargs = {"config": None, "also": ["separation"], "also_options": {"separation": {"max_iter": 60}}}
+    kwargs = {"config": PipelineConfig.from_preset("fast"), "also": ["separation"],
+              "also_options": {"separation": {"max_iter": 60}}}
     record = batch.process_subject(bids, str(out), job, kwargs, {"p": 1}, labels_file=str(labels))
     assert record["status"] == "done", record.get("error")
     for _name, suffix in batch.SEPARATION_SUFFIXES:
