@@ -142,9 +142,17 @@ class QSMResult:
     provenance: dict = field(default_factory=dict)
 
 
+#: Inversions whose ``lam`` is an L1 weight on the gradient in ppm mm, the same quantity as TV-ADMM's.
+TV_WEIGHTED_INVERSIONS = ("tv-admm", "nltv", "star", "medi", "medi+0")
+
+#: Each inversion's regularisation weights (not its solver settings), for the provenance.
+REGULARISATION_WEIGHTS = {"tv-admm": ("lam",), "nltv": ("lam",), "star": ("lam", "lam_strong"), "medi": ("lam",),
+                          "medi+0": ("lam", "lam_csf"), "tikhonov": ("lam",), "tkd": ("threshold",),
+                          "tsvd": ("threshold",), "ilsqr": ("threshold",), "rts": ("delta", "mu")}
+
 #: Defaults of the pipeline that differ from the bare functions': weights chosen from the data
 #: (issue 12). The TV weight follows the measured noise (:mod:`qsmlib.inversion.tv_weight`).
-DATA_CHOSEN_DEFAULTS = {"tv-admm": {"lam": "auto"}}
+DATA_CHOSEN_DEFAULTS = {name: {"lam": "auto"} for name in TV_WEIGHTED_INVERSIONS}
 
 
 def method_parameters(func, options, name):
@@ -464,19 +472,21 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             params = dict(params, **{auto_key: choice.value})
             record["parameters"][auto_key] = choice.value
             record["auto_regularisation"] = choice.as_record()
-        if config.inversion == "tv-admm" and isinstance(params.get("lam"), str) and params["lam"] == "auto":
+        if (config.inversion in TV_WEIGHTED_INVERSIONS and isinstance(params.get("lam"), str)
+                and params["lam"] == "auto"):
             # the TV weight from the measured noise: the echo fit's when there is one, else the field's own
             source = None if params.get("noise_sd_ppm") is None else "given"
             noise = params.get("noise_sd_ppm")
             if noise is None and noise_sd_ppm is not None:
                 noise, source = noise_sd_ppm, "multi-echo fit (median field SD in the mask)"
             lam, auto = choose_tv_weight(field_ppm, mask, voxel_size, noise_sd_ppm=noise, noise_source=source)
-            params = dict(params, lam=lam, noise_sd_ppm=auto["noise_sd_ppm"])
+            params = dict(params, lam=lam)
             record["parameters"]["lam"] = lam
-            record["parameters"]["noise_sd_ppm"] = auto["noise_sd_ppm"]
+            if "noise_sd_ppm" in params:
+                params["noise_sd_ppm"] = record["parameters"]["noise_sd_ppm"] = auto["noise_sd_ppm"]
             record["auto_regularisation"] = auto
         given = options.get(config.inversion, {})
-        weights = [k for k in ("lam", "threshold", "mu") if k in params]
+        weights = [k for k in REGULARISATION_WEIGHTS.get(config.inversion, ()) if k in params]
         if weights:
             # where each regularisation weight came from, for every method (issue 12)
             record["regularisation_source"] = {
