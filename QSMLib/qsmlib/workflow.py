@@ -842,26 +842,42 @@ def load_r2_map(r2_file=None, t2_file=None, *, shape=None, affine=None, mask=Non
         mask = values > 0
         if not mask.any():
             raise QSMInputError(f"{path}: the {what} has no positive value; give R2 in 1/s or T2 in s")
+    r2 = r2_from_map(values, is_t2=t2_file is not None, mask=mask, name=str(path))
+    return r2, f"{'R2' if r2_file is not None else 'T2'} map {path}"
+
+
+def r2_from_map(values, *, is_t2, mask, name):
+    """R2 (1/s) from an R2 map (1/s) or a T2 map (s) already on the data grid, checked for its unit.
+
+    Raises QSMInputError naming ``name`` when the map holds NaN or infinite
+    values in ``mask`` or its median R2 in ``mask`` is not plausible for brain
+    tissue (:data:`R2_PLAUSIBLE_HZ`: a T2 in ms, say).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    what = "T2 map" if is_t2 else "R2 map"
+    if not mask.any():
+        raise QSMInputError(f"{name}: the mask is empty; the {what} cannot be checked")
     inside = values[mask]
     if not np.all(np.isfinite(inside)):
-        raise QSMInputError(f"{path}: the {what} holds NaN or infinite values in the brain mask; "
+        raise QSMInputError(f"{name}: the {what} holds NaN or infinite values in the brain mask; "
                             "replace them (0 where unknown)")
-    if t2_file is not None:
+    if is_t2:
         r2 = np.divide(1.0, values, out=np.zeros_like(values), where=values > 0)
     else:
         r2 = values
     typical = float(np.median(r2[mask]))
     low, high = R2_PLAUSIBLE_HZ
     if not low <= typical <= high:
-        if t2_file is not None:
+        if is_t2:
             hint = ("the T2 map looks like milliseconds; give T2 in seconds (divide by 1000)" if typical < low
                     else "give T2 in seconds (brain T2 is about 0.05-0.1 s)")
         else:
-            hint = ("it looks like a T2 map; give it with --t2 (in seconds)" if typical < low
+            hint = ("it looks like a T2 map; give it as T2 (--t2, in seconds)" if typical < low
                     else "give R2 in 1/s (brain R2 is about 10-20 1/s)")
-        raise QSMInputError(f"{path}: the median of the {what} in the brain gives R2 = {typical:.3g} 1/s, "
+        raise QSMInputError(f"{name}: the median of the {what} in the brain gives R2 = {typical:.3g} 1/s, "
                             f"outside {low:g}-{high:g} 1/s; {hint}")
-    return r2, f"{'R2' if r2_file is not None else 'T2'} map {path}"
+    return r2
 
 
 def field_noise_from_provenance(result):
@@ -875,8 +891,42 @@ def field_noise_from_provenance(result):
     return None, None
 
 
-def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, progress):
-    """Chi-separation from the pipeline's local field and the magnitude's R2*; writes the maps, returns a record."""
+def separate_result(result, magnitude, te_s, b0_t, voxel_size, *, b0_dir=None, r2_hz=None, r2_source=None,
+                    options=None, progress=None):
+    """Chi-separation from a pipeline result's local field and the magnitude's R2*, in memory.
+
+    Parameters
+    ----------
+    result : QSMResult
+        A :func:`qsmlib.pipeline.reconstruct` result (its local field, mask,
+        detected B0 direction and the inversion's field noise are used).
+    magnitude : ndarray, shape (X, Y, Z, echoes)
+        The echoes' magnitude, two or more, for R2*.
+    te_s : sequence of float
+        Echo times in seconds.
+    b0_t : float
+        Field strength in tesla.
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel coordinates; default: the one the workflow
+        recorded in ``result.provenance["detected"]``.
+    r2_hz : ndarray or float, optional
+        Measured R2 (1/s) on the data grid; None: the R2*-only method.
+    r2_source : str, optional
+        Where ``r2_hz`` came from, for the record.
+    options : dict, optional
+        Keyword options of :func:`qsmlib.separation.chi_separation`.
+    progress : callable(stage, fraction), optional
+        Called with the stage "chi-separation"; may raise Cancelled.
+
+    Returns
+    -------
+    maps : dict of ndarray
+        ``chi_pos``, ``chi_neg``, ``chi_total`` (ppm) and ``r2prime`` (1/s).
+    record : dict
+        What was chosen (weights, noise, constants, R2 source, iterations).
+    """
     from .constants import hz_to_ppm
     from .relaxometry import r2star_loglinear
     from .separation import DEFAULT_MAX_ITER, chi_separation, chi_separation_r2star, r2prime_map
@@ -891,22 +941,22 @@ def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, pro
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise QSMInputError(f"separation has no option {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
-    if data.magnitude.shape[3] < 2:
+    if magnitude.ndim != 4 or magnitude.shape[3] < 2:
         raise QSMInputError("chi-separation needs R2*, which needs two echoes or more; one echo was given")
-    voxel_size = voxel_size_from_affine(data.affine)
-    b0_dir = result.provenance["detected"]["b0_dir"]
+    if b0_dir is None:
+        b0_dir = result.provenance["detected"]["b0_dir"]
     mask = result.mask
-    field_ppm = hz_to_ppm(result.local_field_hz, data.b0_t).astype(np.float32)
+    field_ppm = hz_to_ppm(result.local_field_hz, b0_t).astype(np.float32)
     record = {}
     stage_parameters = {"max_iter": options.get("max_iter", DEFAULT_MAX_ITER)}
     with StageRecorder(progress).stage("chi-separation", parameters=stage_parameters) as (callback, stage_record):
-        r2star, _s0 = r2star_loglinear(data.magnitude, data.te_s, mask)
+        r2star, _s0 = r2star_loglinear(magnitude, te_s, mask)
         noise, noise_source = field_noise_from_provenance(result)
         if noise is None or "field_noise_sd_ppm" in options:
             noise = None
         else:
             options["field_noise_sd_ppm"] = noise
-        common = dict(b0_t=data.b0_t, b0_dir=b0_dir, callback=callback, record=record, **options)
+        common = dict(b0_t=b0_t, b0_dir=b0_dir, callback=callback, record=record, **options)
         if r2_hz is None:
             chi_pos, chi_neg = chi_separation_r2star(field_ppm, r2star, mask, voxel_size, **common)
             r2_used = record["r2"]
@@ -918,14 +968,23 @@ def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, pro
         record["field_noise_source"] = noise_source
     record.update(r2_source=r2_source, r2star_fit="magnitude-weighted log-linear fit of the echoes",
                   time_s=stage_record.get("time_s"))
-    affine = data.affine
-    save_nifti(path(prefix + "chi_pos.nii.gz"), chi_pos, affine, description="paramagnetic susceptibility (ppm)")
-    save_nifti(path(prefix + "chi_neg.nii.gz"), chi_neg, affine, description="diamagnetic susceptibility (ppm)")
-    save_nifti(path(prefix + "chi_total.nii.gz"), chi_pos + chi_neg, affine,
-               description="chi_pos + chi_neg (ppm)")
-    save_nifti(path(prefix + "r2prime.nii.gz"), r2prime_map(r2star, r2_used, mask), affine,
-               description="R2' = R2* - R2 (1/s)")
+    maps = {"chi_pos": chi_pos, "chi_neg": chi_neg, "chi_total": (chi_pos + chi_neg).astype(np.float32),
+            "r2prime": r2prime_map(r2star, r2_used, mask)}
     log.info("chi-separation: %s; %d iterations", r2_source, record.get("iterations", 0))
+    return maps, record
+
+
+def _write_separation(path, prefix, data, result, r2_hz, r2_source, options, progress):
+    """Chi-separation from the pipeline's local field and the magnitude's R2*; writes the maps, returns a record."""
+    maps, record = separate_result(result, data.magnitude, data.te_s, data.b0_t, voxel_size_from_affine(data.affine),
+                                   r2_hz=r2_hz, r2_source=r2_source, options=options, progress=progress)
+    affine = data.affine
+    save_nifti(path(prefix + "chi_pos.nii.gz"), maps["chi_pos"], affine,
+               description="paramagnetic susceptibility (ppm)")
+    save_nifti(path(prefix + "chi_neg.nii.gz"), maps["chi_neg"], affine,
+               description="diamagnetic susceptibility (ppm)")
+    save_nifti(path(prefix + "chi_total.nii.gz"), maps["chi_total"], affine, description="chi_pos + chi_neg (ppm)")
+    save_nifti(path(prefix + "r2prime.nii.gz"), maps["r2prime"], affine, description="R2' = R2* - R2 (1/s)")
     return record
 
 
