@@ -208,3 +208,81 @@ def test_saved_scene_reads_back_the_same_numbers(known, tmp_path):
     from_bundle.enable_mrb(tmp_path / "cache")
     assert from_bundle.scene.ReadFromMRB(str(bundle))
     _check_reloaded(from_bundle.scene, chi, labels, means)
+
+
+# --- chi-separation parts beside the total (issue 14) ----------------------------------------------
+
+def _parts(known):
+    """chi_pos and chi_neg volumes with known values per region (the total's split is not needed here)."""
+    context, volume, *_rest = known
+    labels = known[4]
+    pos = np.zeros(SHAPE, np.float32)
+    neg = np.zeros(SHAPE, np.float32)
+    pos[labels == 1] = np.linspace(0.0, 0.046, 24, dtype=np.float32)  # mean 0.023
+    neg[labels == 1] = -0.004
+    pos[labels == 2] = 0.17
+    neg[labels == 2] = -0.02
+    neg[labels == 3] = -0.05  # a diamagnetic region, no paramagnetic part
+    scene = context.scene
+    return (nodes.output_volume(scene, "chi_pos", pos, AFFINE), nodes.output_volume(scene, "chi_neg", neg, AFFINE),
+            pos, neg)
+
+
+def test_separation_parts_per_segment_are_exact_and_never_referenced(known, tmp_path):
+    from ROISusceptibility import SEPARATION_COLUMNS
+
+    _context, volume, segmentation, chi, labels, brain, brain_node = known
+    chi_pos, chi_neg, pos, neg = _parts(known)
+    logic = ROISusceptibilityLogic()
+    table = logic.computeStatistics(volume, segmentation, reference="brain", brain_mask=brain_node,
+                                    chi_pos=chi_pos, chi_neg=chi_neg)
+    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert names == [c[0] for c in STATISTICS_COLUMNS] + ["Mean chi_pos", "Mean chi_neg"]
+    assert [c[0] for c in SEPARATION_COLUMNS] == ["Mean chi_pos", "Mean chi_neg"]
+    assert table.GetColumnUnitLabel("Mean chi_pos") == "ppm" and table.GetColumnUnitLabel("Mean chi_neg") == "ppm"
+    assert _column(table, "Mean chi_pos") == pytest.approx([0.023, 0.17, 0.0], abs=1e-7)
+    assert _column(table, "Mean chi_neg") == pytest.approx([-0.004, -0.02, -0.05], abs=1e-7)
+    # the total is referenced to the brain; the parts are not (R2' fixes their zero)
+    brain_mean = chi[brain].astype(np.float64).mean()
+    assert _column(table, "Mean")[1] == pytest.approx(0.15 - brain_mean, abs=1e-7)
+    assert table.GetAttribute("QSM.ChiPos") == "chi_pos" and table.GetAttribute("QSM.ChiNeg") == "chi_neg"
+    # bar plot: the total with its marks, then the two parts as bars on the same rows
+    chart = logic.createBarPlot(table)
+    assert chart.GetNumberOfPlotSeriesNodes() == 5
+    bars, low, high, part_pos, part_neg = (chart.GetNthPlotSeriesNode(n) for n in range(5))
+    assert (bars.GetYColumnName(), low.GetYColumnName(), high.GetYColumnName()) == ("Mean", "Mean - SD", "Mean + SD")
+    for series, column in ((part_pos, "Mean chi_pos"), (part_neg, "Mean chi_neg")):
+        assert series.GetTableNode() is table and series.GetYColumnName() == column
+        assert series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeBar
+        assert series.GetLabelColumnName() == "Segment" and series.GetXColumnName() == ""
+    assert "chi_pos" in chart.GetTitle()
+    # CSV: the new columns, with units in the schema
+    path = logic.exportCsv(table, tmp_path / "parts.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["Mean chi_pos"]) == pytest.approx(0.023, abs=1e-7)
+    assert float(rows[2]["Mean chi_neg"]) == pytest.approx(-0.05, abs=1e-7)
+    schema = (tmp_path / "parts.schema.csv").read_text()
+    assert "Mean chi_pos" in schema and "Mean chi_neg" in schema
+    # recomputed without the parts, into the same table: the columns go, the plot has 3 series again
+    logic.computeStatistics(volume, segmentation, table=table)
+    assert table.GetNumberOfColumns() == len(STATISTICS_COLUMNS)
+    assert logic.createBarPlot(table, chart).GetNumberOfPlotSeriesNodes() == 3
+
+
+def test_separation_parts_must_come_in_pairs_on_the_maps_voxels(known):
+    context, volume, segmentation, *_rest = known
+    chi_pos, chi_neg, pos, _neg = _parts(known)
+    logic = ROISusceptibilityLogic()
+    with pytest.raises(QSMInputError, match="both chi_pos and chi_neg"):
+        logic.computeStatistics(volume, segmentation, chi_pos=chi_pos)
+    elsewhere = nodes.output_volume(context.scene, "moved", pos, AFFINE @ np.diag([2.0, 1, 1, 1]))
+    with pytest.raises(QSMInputError, match="same voxels"):
+        logic.computeStatistics(volume, segmentation, chi_pos=elsewhere, chi_neg=chi_neg)
+    parameters = logic.getParameterNode()
+    parameters.susceptibility, parameters.segmentation, parameters.chiPos = volume, segmentation, chi_pos
+    assert logic.missingInputs(parameters) == "Select both chi_pos and chi_neg, or neither"
+    parameters.chiNeg = chi_neg
+    assert logic.missingInputs(parameters) == ""
+    table = logic.processParameterNode(parameters)
+    assert _column(table, "Mean chi_neg") == pytest.approx([-0.004, -0.02, -0.05], abs=1e-7)

@@ -3,8 +3,9 @@
 The Logic creates the usual deep grey matter segments, empty to paint or filled
 from an atlas template registered to the susceptibility map, computes mean,
 median, SD, minimum, maximum, voxel count and volume per segment (optionally
-relative to a reference region), fills a table node, makes a bar plot and
-exports CSV.
+relative to a reference region), with the mean paramagnetic and diamagnetic
+parts (chi-separation) when those maps are given, fills a table node, makes a
+bar plot and exports CSV.
 """
 
 import logging
@@ -44,6 +45,12 @@ STATISTICS_COLUMNS = (
     ("Voxel count", "voxels", "Number of voxels in the segment"),
     ("Volume", "mm3", "Segment volume"),
 )
+#: Columns added when the chi-separation parts are given: name, unit, description. The parts
+#: have an absolute zero (R2' fixes it), so they are never referenced.
+SEPARATION_COLUMNS = (
+    ("Mean chi_pos", "ppm", "Mean paramagnetic susceptibility (chi-separation; not referenced)"),
+    ("Mean chi_neg", "ppm", "Mean diamagnetic susceptibility (chi-separation; not referenced)"),
+)
 REFERENCES = ("none", "brain", "segment")
 #: Table attributes that record the reference.
 REFERENCE_ATTRIBUTE = "QSM.Reference"
@@ -72,7 +79,9 @@ class ROISusceptibility(ScriptedLoadableModule):
             "Susceptibility statistics per segment (mean, median, SD, min, max in ppm, voxel count, "
             "volume in mm3) in a table, a bar plot and CSV. One click creates the deep grey matter "
             "segments to draw in the Segment Editor, or fills them from an atlas template registered to "
-            "the susceptibility map. Values can be referenced to the whole brain or to a segment.")
+            "the susceptibility map. Values can be referenced to the whole brain or to a segment. With the "
+            "chi-separation maps of QSM Reconstruction, the mean paramagnetic (chi_pos) and diamagnetic (chi_neg) "
+            "parts per segment are added.")
         self.parent.acknowledgementText = _("Built on QSMLib.")
 
 
@@ -87,6 +96,8 @@ class ROISusceptibilityParameterNode:
     reference: Annotated[str, Choice(list(REFERENCES))] = "none"
     referenceSegmentName: str = ""
     brainMask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
+    chiPos: Optional[vtkMRMLScalarVolumeNode]
+    chiNeg: Optional[vtkMRMLScalarVolumeNode]
     outputTable: Optional[vtkMRMLTableNode]
     atlasFolder: pathlib.Path
 
@@ -221,6 +232,8 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
             return _("Select a segmentation, or create the deep grey matter segments")
         if parameterNode.reference == "segment" and not parameterNode.referenceSegmentName:
             return _("Choose the reference segment")
+        if (parameterNode.chiPos is None) != (parameterNode.chiNeg is None):
+            return _("Select both chi_pos and chi_neg, or neither")
         return ""
 
     def processParameterNode(self, parameterNode):
@@ -230,7 +243,8 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
             reference_id = self.segmentIdByName(segmentation, parameterNode.referenceSegmentName)
         table = self.computeStatistics(parameterNode.susceptibility, segmentation,
                                        reference=parameterNode.reference, reference_segment_id=reference_id,
-                                       brain_mask=parameterNode.brainMask, table=parameterNode.outputTable)
+                                       brain_mask=parameterNode.brainMask, table=parameterNode.outputTable,
+                                       chi_pos=parameterNode.chiPos, chi_neg=parameterNode.chiNeg)
         parameterNode.outputTable = table
         return table
 
@@ -406,7 +420,7 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
                 "Volume": float(values.size * voxel_volume_mm3)}
 
     def computeStatistics(self, volume_node, segmentation_node, segment_ids=None, *, reference="none",
-                          reference_segment_id=None, brain_mask=None, table=None):
+                          reference_segment_id=None, brain_mask=None, table=None, chi_pos=None, chi_neg=None):
         """Statistics per segment of ``volume_node`` (ppm) into a table node.
 
         Parameters
@@ -427,14 +441,26 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
             the map is non-zero (QSM outputs are 0 outside their mask).
         table : vtkMRMLTableNode, optional
             Table to overwrite; default: a new one named after the volume.
+        chi_pos, chi_neg : vtkMRMLScalarVolumeNode, optional
+            The paramagnetic and diamagnetic parts (ppm) of a chi-separation on
+            the volume's voxels; both or neither. Their mean per segment is
+            added, never referenced (R2' fixes their zero).
 
         Returns
         -------
         vtkMRMLTableNode
-            One row per segment; columns :data:`STATISTICS_COLUMNS` with units.
+            One row per segment; columns :data:`STATISTICS_COLUMNS` with units,
+            then :data:`SEPARATION_COLUMNS` when the parts are given.
         """
         if reference not in REFERENCES:
             raise QSMInputError(f"reference '{reference}' is unknown; choose one of {', '.join(REFERENCES)}")
+        if (chi_pos is None) != (chi_neg is None):
+            raise QSMInputError("give both chi_pos and chi_neg, or neither")
+        parts = {}
+        if chi_pos is not None:
+            for name, node in (("Mean chi_pos", chi_pos), ("Mean chi_neg", chi_neg)):
+                nodes.check_same_geometry(node, volume_node, name.split()[1])
+                parts[name] = nodes.array_from_volume(node, np.float64)
         chi = nodes.array_from_volume(volume_node, np.float64)
         voxel_volume = float(np.prod(nodes.voxel_size(volume_node)))
         ids = list(segment_ids) if segment_ids else nodes.segment_ids(segmentation_node)
@@ -459,25 +485,29 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
             stats = self.regionStatistics(chi[mask], voxel_volume)
             for key in ("Mean", "Median", "Min", "Max"):
                 stats[key] -= offset
+            for name, values in parts.items():
+                stats[name] = float(values[mask].mean()) if mask.any() else float("nan")
             rows.append((segmentation.GetSegment(segment_id).GetName(), stats))
 
         scene = volume_node.GetScene()
         if table is None:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(
                 f"{volume_node.GetName()}_statistics"))
-        self._fillTable(table, rows)
+        self._fillTable(table, rows, STATISTICS_COLUMNS + (SEPARATION_COLUMNS if parts else ()))
         table.SetAttribute(REFERENCE_ATTRIBUTE, reference_label)
         table.SetAttribute(REFERENCE_OFFSET_ATTRIBUTE, repr(offset))
         table.SetAttribute("QSM.Volume", volume_node.GetName())
+        table.SetAttribute("QSM.ChiPos", chi_pos.GetName() if chi_pos is not None else "")
+        table.SetAttribute("QSM.ChiNeg", chi_neg.GetName() if chi_neg is not None else "")
         logging.info("ROI statistics of %s over %d segments, reference %s (%.4f ppm)",
                      volume_node.GetName(), len(rows), reference_label, offset)
         return table
 
     @staticmethod
-    def _fillTable(table, rows):
+    def _fillTable(table, rows, columns=STATISTICS_COLUMNS):
         was_modifying = table.StartModify()
         table.RemoveAllColumns()
-        for name, unit, description in STATISTICS_COLUMNS:
+        for name, unit, description in columns:
             if name == "Segment":
                 column = vtk.vtkStringArray()
             elif name == "Voxel count":
@@ -507,7 +537,8 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
         line series, "Mean - SD" and "Mean + SD", from a small table beside the
         statistics table (``<table> error bars``, refreshed on every call). Bar and
         line series without an X column are drawn at the row index, so each mark
-        sits on its segment's bar. Returns the chart node.
+        sits on its segment's bar. When the table has the chi-separation columns,
+        their means are two more bar series (after the marks) beside the total's. Returns the chart node.
         """
         scene = table.GetScene()
         values = table.GetTable()
@@ -543,12 +574,23 @@ class ROISusceptibilityLogic(ScriptedLoadableModuleLogic):
             whisker.SetMarkerSize(12)
             whisker.SetColor(0.0, 0.0, 0.0)
             series.append(whisker)
+        has_parts = values.GetColumnByName(SEPARATION_COLUMNS[0][0]) is not None
+        if has_parts:
+            for (name, _unit, _description), color in zip(SEPARATION_COLUMNS, ((0.85, 0.3, 0.25), (0.15, 0.3, 0.55))):
+                part = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table.GetName()} {name}")
+                part.SetAndObserveTableNodeID(table.GetID())
+                part.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+                part.SetLabelColumnName("Segment")
+                part.SetYColumnName(name)
+                part.SetColor(*color)
+                series.append(part)
         if chart is None:
             chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{table.GetName()} chart")
         chart.RemoveAllPlotSeriesNodeIDs()
         for node in series:
             chart.AddAndObservePlotSeriesNodeID(node.GetID())
-        chart.SetTitle("Mean susceptibility per segment (marks: mean - SD, mean + SD)")
+        chart.SetTitle("Mean susceptibility per segment (marks: mean - SD, mean + SD)" + (
+            "; chi_pos and chi_neg: chi-separation parts" if has_parts else ""))
         chart.SetYAxisTitle("Mean susceptibility (ppm)")
         chart.SetXAxisTitle("Segment")
         return chart
