@@ -328,6 +328,69 @@ def test_apply_reconstructs_the_sample_head_with_progress_and_records_the_preset
     assert pallidum - white > 0.1  # true difference 0.16 ppm; measured 0.13 with the fast preset (TKD)
 
 
+def test_separation_ticked_in_the_panel_adds_the_parts_and_roi_susceptibility_reports_them(
+        context, sample_in_panel, monkeypatch, tmp_path):
+    widget = sample_in_panel
+    ui = widget.ui
+    parameters = widget._parameterNode
+    ui.presetComboBox.setCurrentText("fast")
+    assert not ui.r2MapSelector.enabled and not ui.r2MapUnitComboBox.enabled  # used by the separation only
+    ui.separationCheckBox.checked = True
+    assert parameters.separation and ui.r2MapSelector.enabled and ui.r2MapUnitComboBox.enabled
+    assert parameters.r2Map is None  # none loaded: the R2*-only method
+    dialogs = []
+    real_dialog = slicer.util.createProgressDialog
+    monkeypatch.setattr(slicer.util, "createProgressDialog", lambda **kw: dialogs.append(real_dialog(**kw))
+                        or dialogs[-1])
+    ui.applyButton.click()
+    chi_pos, chi_neg, r2prime = parameters.outputChiPos, parameters.outputChiNeg, parameters.outputR2Prime
+    for node in (chi_pos, chi_neg, r2prime):
+        assert node is not None and node.GetScene() is context.scene
+    assert ui.outputChiPosSelector.currentNode() is chi_pos and ui.outputR2PrimeSelector.currentNode() is r2prime
+    provenance = __import__("json").loads(chi_pos.GetAttribute("QSM.Provenance"))
+    assert provenance["separation"]["r2_source"] == "tissue model (R2*-only method)"
+    assert provenance["inputs"]["r2"] is None and provenance["inputs"]["preset"] == "fast"
+    assert dialogs and dialogs[0].value == 100 and not dialogs[0].visible
+    assert slicer.app.overrideCursorDepth() == 0
+    # the parts are where the head's iron and myelin are
+    truth = sample_data.simulated_head(2.0)
+    label = {tissue.name: key for key, tissue in sample_data.head_tissues(2.0).items()}
+    mask = nodes.array_from_volume(parameters.outputMask) > 0
+    pos, neg = nodes.array_from_volume(chi_pos), nodes.array_from_volume(chi_neg)
+    pallidum, white = mask & (truth.labels == label["GP"]), mask & (truth.labels == label["WM"])
+    assert pos[pallidum].mean() > 3 * -neg[pallidum].mean()
+    assert (pos + neg)[white].mean() < 0
+
+    # ROI Susceptibility with both parts: the table, plot and CSV have them beside the total
+    roi = slicer_support.LoadedModule("ROISusceptibility")
+    roi_widget = roi.open_panel()
+    roi_widget.ui.susceptibilitySelector.setCurrentNode(parameters.outputSusceptibility)
+    roi_widget.ui.chiPosSelector.setCurrentNode(chi_pos)
+    assert not roi_widget.ui.applyButton.enabled
+    assert roi_widget.ui.statusLabel.text == "Select a segmentation, or create the deep grey matter segments"
+    regions = (pallidum * 1 + white * 2).astype(np.uint8)
+    labelmap = nodes.output_volume(context.scene, "regions", regions, nodes.ijk_to_ras(chi_pos),
+                                   class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation = context.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "regions")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    roi_widget.ui.segmentationSelector.setCurrentNode(segmentation)
+    assert roi_widget.ui.statusLabel.text == "Select both chi_pos and chi_neg, or neither"
+    roi_widget.ui.chiNegSelector.setCurrentNode(chi_neg)
+    assert roi_widget.ui.applyButton.enabled
+    roi_widget.ui.applyButton.click()
+    table = roi_widget._parameterNode.outputTable
+    rows = table.GetTable()
+    assert rows.GetValueByName(0, "Mean chi_pos").ToDouble() == pytest.approx(float(pos[pallidum].mean()), abs=1e-6)
+    assert rows.GetValueByName(1, "Mean chi_neg").ToDouble() == pytest.approx(float(neg[white].mean()), abs=1e-6)
+    fake_qt.QFileDialog.next_save_file_name = str(tmp_path / "parts.csv")
+    roi_widget.ui.exportButton.click()
+    with open(tmp_path / "parts.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert {"Mean", "Mean chi_pos", "Mean chi_neg"} <= set(written[0])
+    assert float(written[0]["Mean chi_pos"]) == pytest.approx(float(pos[pallidum].mean()), abs=1e-6)
+    roi.unload()
+
+
 def test_cancel_in_the_progress_dialog_stops_the_run_and_adds_nothing(context, sample_in_panel, monkeypatch):
     widget = sample_in_panel
     before = _scene_node_ids(context.scene)

@@ -26,7 +26,7 @@ from qsmlib.errors import ImplausibleMaskError, QSMInputError
 from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
                              reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes, sample_data
-from qsmslicer.progress import run_with_progress_dialog
+from qsmslicer.progress import SEPARATION_STAGE_WEIGHTS, STAGE_WEIGHTS, run_with_progress_dialog
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
 REFERENCES = ("brain", "csf", "none", "region")
@@ -35,6 +35,8 @@ PROVENANCE_ATTRIBUTE = "QSM.Provenance"
 EchoSeries = Optional[Union[vtkMRMLSequenceNode, vtkMRMLScalarVolumeNode]]
 #: What a mask selector offers.
 MaskNode = Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
+#: Units of the optional R2 or T2 map for chi-separation (the panel's choice, the Logic's ``r2_unit``).
+R2_UNITS = ("R2 (1/s)", "T2 (s)")
 
 
 #
@@ -52,7 +54,9 @@ class QSMReconstruction(ScriptedLoadableModule):
             "Quantitative susceptibility mapping from multi-echo gradient-echo magnitude and phase. "
             "Give the echoes as a list of volumes, a sequence or a multi-component volume; echo times come from "
             "the DICOM attributes when the series was loaded through the DICOM module, or are typed "
-            "in seconds. Outputs: susceptibility (ppm), local and total field (Hz) and the mask.")
+            "in seconds. Outputs: susceptibility (ppm), local and total field (Hz) and the mask; optionally the "
+            "paramagnetic (iron) and diamagnetic (myelin) parts by chi-separation, from R2* and, when one is "
+            "selected, an R2 or T2 map.")
         self.parent.acknowledgementText = _(
             "Built on QSMLib. The simulated head derives from the QSM reconstruction challenge 2.0 "
             "head model (NeuroPoly, MIT licence).")
@@ -112,6 +116,12 @@ class QSMReconstructionParameterNode:
     outputLocalField: Optional[vtkMRMLScalarVolumeNode]
     outputTotalField: Optional[vtkMRMLScalarVolumeNode]
     outputMask: Optional[vtkMRMLLabelMapVolumeNode]
+    separation: bool = False
+    r2Map: Optional[vtkMRMLScalarVolumeNode]
+    r2MapUnit: Annotated[str, Choice(list(R2_UNITS))] = R2_UNITS[0]
+    outputChiPos: Optional[vtkMRMLScalarVolumeNode]
+    outputChiNeg: Optional[vtkMRMLScalarVolumeNode]
+    outputR2Prime: Optional[vtkMRMLScalarVolumeNode]
 
 
 #
@@ -153,16 +163,20 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Reconstruct the susceptibility map")
         self.ui.statusLabel.text = reason or ""
+        # the R2 or T2 map is used only by the separation
+        separating = bool(self._parameterNode is not None and self._parameterNode.separation)
+        self.ui.r2MapSelector.enabled = separating
+        self.ui.r2MapUnitComboBox.enabled = separating
 
     def onApplyButton(self):
         with slicer.util.tryWithErrorDisplay(_("QSM reconstruction needs Python packages.")):
             dependencies.ensure_packages_in_slicer(_("QSM Reconstruction"))
-        refusal = self._reconstruct(accept_implausible_mask=False)
+        refusal = self._runWithProgress(accept_implausible_mask=False)
         if refusal is not None and slicer.util.confirmYesNoDisplay(
                 self.logic.implausibleMaskQuestion(refusal), windowTitle=_("QSM reconstruction")):
-            self._reconstruct(accept_implausible_mask=True)
+            self._runWithProgress(accept_implausible_mask=True)
 
-    def _reconstruct(self, accept_implausible_mask):
+    def _runWithProgress(self, accept_implausible_mask):
         """Run with a progress dialog; return the ImplausibleMaskError that stopped the run, if one did."""
         with slicer.util.tryWithErrorDisplay(_("QSM reconstruction failed."), waitCursor=True):
             try:
@@ -170,7 +184,8 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
                     lambda progress: self.logic.processParameterNode(
                         self._parameterNode, progress=progress, accept_implausible_mask=accept_implausible_mask),
                     title=_("QSM reconstruction"), create_dialog=slicer.util.createProgressDialog,
-                    process_events=slicer.app.processEvents)
+                    process_events=slicer.app.processEvents,
+                    weights=SEPARATION_STAGE_WEIGHTS if self._parameterNode.separation else STAGE_WEIGHTS)
             except ImplausibleMaskError as refusal:
                 self.ui.statusLabel.text = _("No map was written: the brain mask is implausible")
                 return refusal
@@ -184,13 +199,20 @@ class QSMReconstructionWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
 
 @dataclass
 class ReconstructionOutputs:
-    """Output nodes of one run, and the run's provenance (also stored on the susceptibility node)."""
+    """Output nodes of one run, and the run's provenance (also stored on the susceptibility node).
+
+    ``chi_pos``, ``chi_neg`` (ppm) and ``r2prime`` (1/s) are the chi-separation's
+    outputs, None when the run had no separation.
+    """
 
     susceptibility: object
     local_field: object
     total_field: Optional[object]
     mask: object
     provenance: dict = field(default_factory=dict)
+    chi_pos: Optional[object] = None
+    chi_neg: Optional[object] = None
+    r2prime: Optional[object] = None
 
 
 class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
@@ -293,13 +315,21 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             reference=parameterNode.reference, options=self.parseOptions(parameterNode.options),
             phase_sign=-1 if parameterNode.flipPhaseSign else 1,
             preset=parameterNode.preset, accept_implausible_mask=accept_implausible_mask,
+            separation=parameterNode.separation, r2=parameterNode.r2Map if parameterNode.separation else None,
+            r2_unit="T2" if parameterNode.r2MapUnit == R2_UNITS[1] else "R2",
             outputs=ReconstructionOutputs(parameterNode.outputSusceptibility, parameterNode.outputLocalField,
-                                          parameterNode.outputTotalField, parameterNode.outputMask),
+                                          parameterNode.outputTotalField, parameterNode.outputMask,
+                                          chi_pos=parameterNode.outputChiPos, chi_neg=parameterNode.outputChiNeg,
+                                          r2prime=parameterNode.outputR2Prime),
             progress=progress)
         parameterNode.outputSusceptibility = outputs.susceptibility
         parameterNode.outputLocalField = outputs.local_field
         parameterNode.outputTotalField = outputs.total_field
         parameterNode.outputMask = outputs.mask
+        if outputs.chi_pos is not None:
+            parameterNode.outputChiPos = outputs.chi_pos
+            parameterNode.outputChiNeg = outputs.chi_neg
+            parameterNode.outputR2Prime = outputs.r2prime
         shown = nodes.displayable_volume(magnitude)
         slicer.util.setSliceViewerLayers(background=shown if shown is not None else "keep-current",
                                          foreground=outputs.susceptibility, foregroundOpacity=0.8)
@@ -310,7 +340,8 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
     def process(self, magnitude, phase, *, te_s=None, b0_t=None, mask=None, mask_segment_ids=None,
                 preset="consensus", unwrap=None, bgremove=None, inversion=None, reference="brain",
                 reference_region=None, reference_segment_ids=None, options=None, phase_sign=1,
-                output_name=None, outputs=None, progress=None, dicom_lookup=None, accept_implausible_mask=False):
+                output_name=None, outputs=None, progress=None, dicom_lookup=None, accept_implausible_mask=False,
+                separation=False, r2=None, r2_unit="R2"):
         """Reconstruct susceptibility from magnitude and phase nodes.
 
         Parameters
@@ -333,7 +364,8 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
         reference_region : labelmap or segmentation node, optional
             For ``reference="region"``.
         options : dict, optional
-            Method options, e.g. ``{"vsharp": {"radii_mm": [12, 8, 4]}}``.
+            Method options, e.g. ``{"vsharp": {"radii_mm": [12, 8, 4]}}``; those of
+            the chi-separation under ``"separation"`` (see qsmlib.separation.chi_separation).
         phase_sign : {1, -1}
             -1 for scanners whose phase decreases with field.
         output_name : str, optional
@@ -345,22 +377,38 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
         accept_implausible_mask : bool
             Go on with a brain mask that fails its plausibility check; by default
             :class:`~qsmlib.errors.ImplausibleMaskError` stops the run and no node is written.
+        separation : bool
+            Also split the susceptibility into its paramagnetic and diamagnetic parts
+            (chi-separation, Shin et al. 2021) from the local field and R2* of the echoes.
+        r2 : vtkMRMLScalarVolumeNode, optional
+            Measured R2 (1/s) or T2 (s) map on the echoes' voxels, for ``separation``;
+            without it the R2*-only method takes R2 from a tissue model.
+        r2_unit : {"R2", "T2"}
+            What ``r2`` holds: R2 in 1/s or T2 in s.
 
         Returns
         -------
         ReconstructionOutputs
             Volumes with the input's IJKToRAS: susceptibility (ppm), local and total field
-            (Hz), and the final mask (labelmap).
+            (Hz), and the final mask (labelmap); with ``separation`` also chi_pos and
+            chi_neg (ppm) and R2' (1/s).
         """
         dependencies.ensure_packages_in_slicer(_("QSM Reconstruction"))
         from qsmlib.io.phase_scaling import phase_to_radians
+        from qsmlib.workflow import SEPARATION_UNITS, r2_from_map, separate_result
 
         if reference not in REFERENCES:
             raise QSMInputError(f"reference '{reference}' is unknown; choose one of {', '.join(REFERENCES)}")
         if phase_sign not in (1, -1):
             raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
+        if r2_unit not in ("R2", "T2"):
+            raise QSMInputError(f"R2 map unit '{r2_unit}': give 'R2' (1/s) or 'T2' (s)")
+        options = dict(options or {})
+        separation_options = options.pop("separation", None)
+        if separation_options is not None and not separation:
+            raise QSMInputError("separation options were given, but the separation is not switched on")
         config = PipelineConfig.from_preset(preset, unwrap=unwrap, bgremove=bgremove, inversion=inversion,
-                                            reference=reference, options=dict(options or {}),
+                                            reference=reference, options=options,
                                             accept_implausible_mask=accept_implausible_mask)
 
         magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
@@ -393,12 +441,34 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             if reference_region is None:
                 raise QSMInputError("reference 'region' needs a reference region (labelmap or segmentation)")
             region = nodes.mask_from_node(reference_region, reference_node, reference_segment_ids)
+        r2_values = None
+        if separation:
+            if magnitude_array.shape[3] < 2:
+                raise QSMInputError("chi-separation needs R2*, which needs two echoes or more; one echo was given")
+            if r2 is not None:  # checked before the long run, on the map's positive voxels
+                nodes.check_same_geometry(r2, reference_node, f"{r2_unit} map")
+                r2_values = nodes.array_from_volume(r2, np.float32)
+                if not (r2_values > 0).any():
+                    raise QSMInputError(f"{r2_unit} map '{r2.GetName()}' has no positive value; "
+                                        "give R2 in 1/s or T2 in s")
+                r2_from_map(r2_values, is_t2=r2_unit == "T2", mask=r2_values > 0,
+                            name=f"{r2_unit} map '{r2.GetName()}'")
         b0_dir = nodes.b0_direction(reference_node)
         result = reconstruct(magnitude=magnitude_array, phase=phase_rad, te_s=te_s, b0_t=b0_t,
                              voxel_size=nodes.voxel_size(reference_node), b0_dir=b0_dir, mask=mask_array,
                              config=config, reference_region=region, progress=progress)
         for warning in result.provenance["warnings"]:
             logging.warning("QSM: %s", warning)
+        maps = record = None
+        if separation:
+            r2_hz = r2_source = None
+            if r2 is not None:
+                r2_hz = r2_from_map(r2_values, is_t2=r2_unit == "T2", mask=result.mask,
+                                    name=f"{r2_unit} map '{r2.GetName()}'")
+                r2_source = f"{r2_unit} map {r2.GetName()}"
+            maps, record = separate_result(result, magnitude_array, te_s, b0_t, nodes.voxel_size(reference_node),
+                                           b0_dir=b0_dir, r2_hz=r2_hz, r2_source=r2_source, options=separation_options,
+                                           progress=progress)
 
         provenance = dict(result.provenance)
         provenance["inputs"] = {"magnitude": self._describe(magnitude), "phase": self._describe(phase),
@@ -409,9 +479,13 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
                                   "voxel_size_mm": list(nodes.voxel_size(reference_node)),
                                   "phase_scaling": scaling}
         provenance["units"] = {"chi": "ppm", "total_field": "Hz", "local_field": "Hz"}
+        if separation:
+            provenance["inputs"]["r2"] = None if r2 is None else {"node": r2.GetName(), "unit": r2_unit}
+            provenance["separation"] = record
+            provenance["units"].update(SEPARATION_UNITS)
         return self._writeOutputs(result, provenance, affine, output_name or self._baseName(magnitude),
                                   outputs or ReconstructionOutputs(None, None, None, None),
-                                  beside=reference_node, scene=self._scene(magnitude, reference_node))
+                                  beside=reference_node, scene=self._scene(magnitude, reference_node), maps=maps)
 
     @staticmethod
     def _scene(source, reference_node):
@@ -430,7 +504,7 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
         # "T2star_e1", "mag echo 1" -> "T2star", "mag"
         return re.sub(r"[\s_-]*(e|echo)[\s_-]*\d+$", "", name, flags=re.IGNORECASE) or name
 
-    def _writeOutputs(self, result, provenance, affine, base, outputs, beside, scene):
+    def _writeOutputs(self, result, provenance, affine, base, outputs, beside, scene, maps=None):
         chi = nodes.output_volume(scene, f"{base}_QSM", result.chi_ppm, affine,
                                   node=outputs.susceptibility, beside=beside)
         nodes.set_voxel_units(chi, "[ppm]", "ppm")
@@ -449,7 +523,26 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             display.show_field(total, total_hz, result.brain_mask)
         mask = nodes.output_volume(scene, f"{base}_QSMMask", result.mask.astype(np.uint8), affine,
                                    node=outputs.mask, class_name="vtkMRMLLabelMapVolumeNode", beside=beside)
-        return ReconstructionOutputs(chi, local, total, mask, provenance)
+        written = ReconstructionOutputs(chi, local, total, mask, provenance)
+        if maps is not None:
+            self._writeSeparation(maps, provenance, affine, base, outputs, written, beside=chi, scene=scene)
+        return written
+
+    @staticmethod
+    def _writeSeparation(maps, provenance, affine, base, outputs, written, beside, scene):
+        """chi_pos, chi_neg (ppm, the susceptibility's display) and R2' (1/s) beside the susceptibility."""
+        text = json.dumps(provenance)
+        for name, key, given in (("ChiPos", "chi_pos", outputs.chi_pos), ("ChiNeg", "chi_neg", outputs.chi_neg)):
+            node = nodes.output_volume(scene, f"{base}_{name}", maps[key], affine, node=given, beside=beside)
+            nodes.set_voxel_units(node, "[ppm]", "ppm")
+            display.show_susceptibility(node)
+            node.SetAttribute(PROVENANCE_ATTRIBUTE, text)
+            setattr(written, key, node)
+        r2prime = nodes.output_volume(scene, f"{base}_R2Prime", maps["r2prime"], affine, node=outputs.r2prime,
+                                      beside=beside)
+        nodes.set_voxel_units(r2prime, "/s", "1/s")
+        r2prime.SetAttribute(PROVENANCE_ATTRIBUTE, text)
+        written.r2prime = r2prime
 
     # -- sample data ----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from qsmlib.errors import Cancelled
 #: Share of the whole run that each pipeline stage takes (roughly its time on a 1 mm head).
 STAGE_WEIGHTS = (("mask", 0.05), ("total field", 0.30), ("background removal", 0.20),
                  ("dipole inversion", 0.40), ("referencing", 0.05))
+#: A reconstruction followed by chi-separation (about half the reconstruction's time on a 1 mm head).
+SEPARATION_STAGE_WEIGHTS = STAGE_WEIGHTS + (("chi-separation", 0.5),)
 #: The same for an atlas registration (qsmlib.atlas.registration.STAGES; roughly their time on a 2 mm head).
 ATLAS_STAGE_WEIGHTS = (("atlas rigid", 0.15), ("atlas affine", 0.15), ("atlas deformable", 0.65),
                        ("atlas labels", 0.05))
