@@ -162,15 +162,7 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
             raise QSMInputError(f"snr: {snr} must be positive; give for example 100, "
                                 "or None for noiseless data")
         noise_free = np.isinf(snr)
-    if phantom is None:
-        phantom = load_head_phantom()
-    voxel_size = tuple(float(v) for v in phantom.voxel_size_mm)
-    if b0_dir is None:
-        b0_dir = b0_direction_from_affine(phantom.affine)
-        affine = np.array(phantom.affine, dtype=np.float64)
-    else:
-        b0_dir = as_b0_dir(b0_dir)
-        affine = affine_with_b0_direction(phantom.affine, b0_dir)
+    phantom, voxel_size, b0_dir, affine = acquisition_geometry(phantom, b0_dir)
 
     streams = np.random.SeedSequence(seed).spawn(4)
     texture_seed, offset_rng, bias_rng, noise_rng = (
@@ -192,47 +184,83 @@ def simulate_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016, 0.022, 0.
     # exactly harmonic inside it, whatever the B0 direction.
     exterior = np.where(head, chi_water - chi_air, np.float32(0)) - chi_brain
     del chi_water
-    total_ppm = brain_field_ppm + point_dipole_convolve(exterior, voxel_size, b0_dir)
+    field_hz = total_field_hz(brain_field_ppm, exterior, mask, voxel_size, b0_dir, b0_t, shim=shim)
     del exterior, brain_field_ppm
-    if shim:
-        total_ppm -= harmonic_shim_fit(total_ppm, mask, voxel_size)
-    field_hz = ppm_to_hz(total_ppm, b0_t).astype(np.float32)
-    del total_ppm
 
-    # Relaxation, proton density, receive offset and bias.
     r2star = (phantom.lookup("r2star_3t_hz") * (b0_t / R2STAR_REFERENCE_B0_T)).astype(np.float32)[labels]
-    offset = _smooth_polynomial(labels.shape, head, offset_rng, PHASE_OFFSET_PEAK_RAD,
-                                with_constant=True)
-    weight = phantom.lookup("m0").astype(np.float32)[labels]
-    weight *= 1.0 + _smooth_polynomial(labels.shape, head, bias_rng, RECEIVE_BIAS_PEAK,
-                                       with_constant=False)
-
-    shape = labels.shape + (te.size,)
-    magnitude = np.empty(shape, dtype=np.float32)
-    phase = np.empty(shape, dtype=np.float32)
-    noise_sd = 0.0
-    if not noise_free:
-        first_echo = weight[mask] * np.exp(-r2star[mask] * np.float32(te[0]))
-        noise_sd = float(np.mean(first_echo, dtype=np.float64)) / snr
-    for echo, t in enumerate(te):
-        mag = weight * np.exp(-r2star * np.float32(t))
-        phi = offset + np.float32(2.0 * np.pi * t) * field_hz
-        if noise_free:
-            magnitude[..., echo] = mag
-            phase[..., echo] = wrap_to_pi(phi, np.float32)
-        else:
-            signal = mag * np.exp(1j * phi.astype(np.complex64))
-            signal.real += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
-            signal.imag += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
-            magnitude[..., echo] = np.abs(signal)
-            phase[..., echo] = wrap_to_pi(np.angle(signal), np.float32)
-
+    offset, weight = receive_chain(phantom, head, offset_rng, bias_rng)
+    magnitude, phase, noise_sd = gre_echoes(weight, r2star, offset, field_hz, te, mask,
+                                            None if noise_free else snr, noise_rng)
     return SimulatedGRE(
         magnitude=magnitude, phase=phase, te_s=te, b0_t=b0_t, affine=affine,
         voxel_size_mm=voxel_size, b0_dir=tuple(b0_dir), chi_ppm=chi_brain,
         local_field_ppm=local_ppm, total_field_hz=field_hz, brain_mask=mask.copy(),
         labels=labels.copy(), r2star_hz=r2star, phase_offset_rad=offset, noise_sd=noise_sd)
 
+
+
+def acquisition_geometry(phantom, b0_dir):
+    """``(phantom, voxel_size, b0_dir, affine)``: the shipped head when ``phantom`` is None;
+    B0 from the phantom's affine when ``b0_dir`` is None, else an affine rotated to match it."""
+    if phantom is None:
+        phantom = load_head_phantom()
+    voxel_size = tuple(float(v) for v in phantom.voxel_size_mm)
+    if b0_dir is None:
+        return phantom, voxel_size, b0_direction_from_affine(phantom.affine), np.array(phantom.affine, np.float64)
+    b0_dir = as_b0_dir(b0_dir)
+    return phantom, voxel_size, b0_dir, affine_with_b0_direction(phantom.affine, b0_dir)
+
+
+def total_field_hz(brain_field_ppm, exterior_ppm, mask, voxel_size, b0_dir, b0_t, *, shim):
+    """The total field (Hz): the brain's field plus point dipoles of ``exterior_ppm``, less a shim.
+
+    ``exterior_ppm`` is every source outside the brain's own susceptibility (tissue
+    outside the brain, and the head relative to air); with ``shim`` the harmonic
+    fit inside ``mask`` (:func:`harmonic_shim_fit`) is removed, as a scanner's
+    second-order shim would.
+    """
+    total_ppm = brain_field_ppm + point_dipole_convolve(exterior_ppm, voxel_size, b0_dir)
+    if shim:
+        total_ppm -= harmonic_shim_fit(total_ppm, mask, voxel_size)
+    return ppm_to_hz(total_ppm, b0_t).astype(np.float32)
+
+
+def receive_chain(phantom, head, offset_rng, bias_rng):
+    """A smooth receive phase offset (rad) and the proton density times a smooth receive bias."""
+    labels = phantom.labels
+    offset = _smooth_polynomial(labels.shape, head, offset_rng, PHASE_OFFSET_PEAK_RAD, with_constant=True)
+    weight = phantom.lookup("m0").astype(np.float32)[labels]
+    weight *= 1.0 + _smooth_polynomial(labels.shape, head, bias_rng, RECEIVE_BIAS_PEAK, with_constant=False)
+    return offset, weight
+
+
+def gre_echoes(weight, r2star_hz, offset_rad, field_hz, te, mask, snr, noise_rng):
+    """Magnitude and wrapped phase per echo of a mono-exponential GRE signal, with complex Gaussian noise.
+
+    The noise SD is the mean first-echo magnitude in ``mask`` over ``snr``;
+    ``snr=None`` gives noiseless echoes. Returns ``(magnitude, phase, noise_sd)``,
+    float32 (X, Y, Z, E).
+    """
+    shape = weight.shape + (len(te),)
+    magnitude = np.empty(shape, dtype=np.float32)
+    phase = np.empty(shape, dtype=np.float32)
+    noise_sd = 0.0
+    if snr is not None:
+        first_echo = weight[mask] * np.exp(-r2star_hz[mask] * np.float32(te[0]))
+        noise_sd = float(np.mean(first_echo, dtype=np.float64)) / snr
+    for echo, t in enumerate(te):
+        mag = weight * np.exp(-r2star_hz * np.float32(t))
+        phi = offset_rad + np.float32(2.0 * np.pi * t) * field_hz
+        if snr is None:
+            magnitude[..., echo] = mag
+            phase[..., echo] = wrap_to_pi(phi, np.float32)
+        else:
+            signal = mag * np.exp(1j * phi.astype(np.complex64))
+            signal.real += noise_rng.standard_normal(weight.shape, dtype=np.float32) * np.float32(noise_sd)
+            signal.imag += noise_rng.standard_normal(weight.shape, dtype=np.float32) * np.float32(noise_sd)
+            magnitude[..., echo] = np.abs(signal)
+            phase[..., echo] = wrap_to_pi(np.angle(signal), np.float32)
+    return magnitude, phase, noise_sd
 
 
 def affine_with_b0_direction(affine, b0_dir):

@@ -40,16 +40,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..constants import ppm_to_hz
-from ..dipole import b0_direction_from_affine, dipole_convolve, point_dipole_convolve
+from ..dipole import dipole_convolve
 from ..errors import QSMInputError
-from ..phase import wrap_to_pi
 from ..separation import relaxometric_constant
-from ..validation import as_b0_dir, check_b0, check_echo_times, check_number
+from ..validation import check_b0, check_echo_times, check_number
 from .fine_phantom import FineHeadModel, shipped_tissues
-from .forward import (PHASE_OFFSET_PEAK_RAD, RECEIVE_BIAS_PEAK, R2STAR_REFERENCE_B0_T, SimulatedGRE,
-                      _smooth_polynomial, affine_with_b0_direction, harmonic_shim_fit)
-from .phantom import load_head_phantom
+from .forward import (R2STAR_REFERENCE_B0_T, SimulatedGRE, acquisition_geometry, gre_echoes, receive_chain,
+                      total_field_hz)
 from .texture import relaxation_textures, smooth_random_field
 
 R2_FILE = "head_phantom_r2.csv"
@@ -231,15 +228,7 @@ def simulate_separation_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016
     noise_free = snr is None or (np.isscalar(snr) and np.isinf(float(snr)))
     if not noise_free:
         snr = check_number(snr, "snr", strict=True)
-    if phantom is None:
-        phantom = load_head_phantom()
-    voxel_size = tuple(float(v) for v in phantom.voxel_size_mm)
-    if b0_dir is None:
-        b0_dir = b0_direction_from_affine(phantom.affine)
-        affine = np.array(phantom.affine, dtype=np.float64)
-    else:
-        b0_dir = as_b0_dir(b0_dir)
-        affine = affine_with_b0_direction(phantom.affine, b0_dir)
+    phantom, voxel_size, b0_dir, affine = acquisition_geometry(phantom, b0_dir)
     streams = np.random.SeedSequence(seed).spawn(4)
     truth_seed = int(streams[0].generate_state(1)[0])
     offset_rng, bias_rng, noise_rng = (np.random.default_rng(s) for s in streams[1:])
@@ -256,36 +245,14 @@ def simulate_separation_gre(phantom=None, *, b0_t=3.0, te_s=(0.004, 0.010, 0.016
     exterior = np.where(head & ~mask, chi_table - np.float32(phantom.tissues[air].chi_ppm), np.float32(0))
     exterior[mask] = -np.float32(phantom.tissues[air].chi_ppm)  # the brain relative to air, beyond its own chi
     del chi_table
-    total_ppm = brain_field + point_dipole_convolve(exterior, voxel_size, b0_dir)
+    field_hz = total_field_hz(brain_field, exterior, mask, voxel_size, b0_dir, b0_t, shim=shim)
     del exterior, brain_field
-    if shim:
-        total_ppm -= harmonic_shim_fit(total_ppm, mask, voxel_size)
-    field_hz = ppm_to_hz(total_ppm, b0_t).astype(np.float32)
-    del total_ppm
 
     r2star = (phantom.lookup("r2star_3t_hz") * (b0_t / R2STAR_REFERENCE_B0_T)).astype(np.float32)[labels]
     r2star[mask] = truth["r2star_hz"][mask]
-    offset = _smooth_polynomial(labels.shape, head, offset_rng, PHASE_OFFSET_PEAK_RAD, with_constant=True)
-    weight = phantom.lookup("m0").astype(np.float32)[labels]
-    weight *= 1.0 + _smooth_polynomial(labels.shape, head, bias_rng, RECEIVE_BIAS_PEAK, with_constant=False)
-    shape = labels.shape + (te.size,)
-    magnitude = np.empty(shape, dtype=np.float32)
-    phase = np.empty(shape, dtype=np.float32)
-    noise_sd = 0.0
-    if not noise_free:
-        noise_sd = float(np.mean(weight[mask] * np.exp(-r2star[mask] * np.float32(te[0])), dtype=np.float64)) / snr
-    for echo, t in enumerate(te):
-        mag = weight * np.exp(-r2star * np.float32(t))
-        phi = offset + np.float32(2.0 * np.pi * t) * field_hz
-        if noise_free:
-            magnitude[..., echo] = mag
-            phase[..., echo] = wrap_to_pi(phi, np.float32)
-        else:
-            signal = mag * np.exp(1j * phi.astype(np.complex64))
-            signal.real += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
-            signal.imag += noise_rng.standard_normal(labels.shape, dtype=np.float32) * np.float32(noise_sd)
-            magnitude[..., echo] = np.abs(signal)
-            phase[..., echo] = wrap_to_pi(np.angle(signal), np.float32)
+    offset, weight = receive_chain(phantom, head, offset_rng, bias_rng)
+    magnitude, phase, noise_sd = gre_echoes(weight, r2star, offset, field_hz, te, mask,
+                                            None if noise_free else snr, noise_rng)
 
     return SeparationGRE(
         magnitude=magnitude, phase=phase, te_s=te, b0_t=b0_t, affine=affine, voxel_size_mm=voxel_size,
