@@ -148,7 +148,7 @@ def test_read_only_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
 def test_huge_padding_option_is_refused_before_allocating(tmp_path, capsys):
     scan = small_scan(tmp_path / "in")
     status, err = run_cli(["run", "--mag", scan["mag"], "--phase", scan["phase"], "--mask", scan["mask"], "--te",
-                           *scan["te"], "--b0", "3", "--option", "tv-admm.pad_voxels=100000", "--out",
+                           *scan["te"], "--b0", "3", "--option", "nltv.pad_voxels=100000", "--out",
                            tmp_path / "out"], capsys)
     assert status == 2
     assert "pad_voxels: (100000, 100000, 100000) voxels is wider than twice the image" in one_error_line(err)
@@ -198,7 +198,7 @@ def test_option_for_a_method_not_in_use_is_refused(tmp_path, capsys):
     common = ["run", "--mag", scan["mag"], "--phase", scan["phase"], "--te", *scan["te"], "--b0", "3",
               "--out", tmp_path / "out"]
     for option, message in (("vsharp.radii_mm=[8,4]", "vsharp is not the background removal in use (pdf)"),
-                            ("tkd.threshold=0.2", "tkd is not the inversion in use (tv-admm)"),
+                            ("tkd.threshold=0.2", "tkd is not the inversion in use (nltv)"),
                             ("laplacian.differences=wrapped", "laplacian is not the unwrap in use (romeo)"),
                             ("csf.r2star_max_hz=5", "the CSF reference is not in use")):
         status, err = run_cli(common + ["--option", option], capsys)

@@ -71,7 +71,7 @@ def test_bids_run_meets_the_consensus_targets_at_1mm(tmp_path, capsys):
     assert provenance["warnings"] == []
     assert all(stage["time_s"] >= 0 for stage in provenance["stages"])
     inversion = [s for s in provenance["stages"] if s["stage"] == "dipole inversion"][0]
-    assert inversion["method"] == "tv-admm" and 0 < inversion["iterations"] <= inversion["parameters"]["max_iter"]
+    assert inversion["method"] == "nltv" and 0 < inversion["iterations"] <= inversion["parameters"]["max_iter"]
     # the TV weight was chosen from the echo fit's noise, and recorded with its inputs
     auto = inversion["auto_regularisation"]
     assert auto["noise_source"].startswith("multi-echo fit") and auto["noise_sd_ppm"] > 0
@@ -115,7 +115,8 @@ def test_every_entry_stage_gives_the_same_inversion(head_2mm):
     # V-SHARP: unweighted, so a total field given as a file carries everything it uses (PDF and the
     # nonlinear inversions also use the echo fit's noise map, which only the multi-echo entry has);
     # the TV weight's noise is given, since by default each entry measures it its own way
-    config = pipeline.PipelineConfig(bgremove="vsharp", options={"tv-admm": {"noise_sd_ppm": 0.002}})
+    config = pipeline.PipelineConfig(bgremove="vsharp", inversion="tv-admm",
+                                     options={"tv-admm": {"noise_sd_ppm": 0.002}})
     full = _reconstruct(sim, mask=sim.brain_mask, config=config)
     from_total = reconstruct(total_field_hz=full.total_field_hz, mask=sim.brain_mask, b0_t=sim.b0_t,
                              voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
@@ -178,7 +179,7 @@ def test_ctrl_c_in_the_command_exits_130_without_outputs(head_2mm, tmp_path, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(pipeline.INVERSION_METHODS, "tv-admm", interrupted)
+    monkeypatch.setitem(pipeline.INVERSION_METHODS, pipeline.PRESETS["consensus"]["inversion"], interrupted)
     status = main(["invert", "--local-field", str(field), "--unit", "ppm", "--mask", str(mask),
                    "--out", str(tmp_path / "chi.nii.gz")])
     assert status == EXIT_CANCELLED

@@ -98,7 +98,7 @@ def _add_pipeline_options(p):
                         "The warnings stay in provenance.json")
     p.add_argument("--preset", choices=sorted(PRESETS), default="consensus",
                    help="methods per stage: consensus (default; 2024 QSM consensus: romeo, pdf, "
-                        "tv-admm) or fast (previews in seconds: romeo, vsharp, tkd); --unwrap, "
+                        "nltv) or fast (previews in seconds: romeo, vsharp, tkd); --unwrap, "
                         "--bgremove and --inversion override single stages")
     p.add_argument("--unwrap", choices=sorted(UNWRAP_METHODS),
                    help="spatial phase unwrapping: romeo = exact quality-guided region growing (magnitude "
@@ -151,21 +151,7 @@ def _get_parser():
                          description="Writes DIR/chi.nii.gz (ppm), mask.nii.gz, total_field.nii.gz (Hz), "
                                      "local_field.nii.gz (Hz) and provenance.json.")
     src = run.add_argument_group("input (one of: --mag/--phase, --bids, --dicom, --total-field, --local-field)")
-    src.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
-    src.add_argument("--phase", nargs="+", metavar="F",
-                     help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
-                          "(rescaled automatically)")
-    src.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
-                     help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
-    src.add_argument("--b0", type=_positive_float, metavar="T",
-                     help="field strength in tesla; overrides BIDS sidecars")
-    src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
-    src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
-    src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
-    src.add_argument("--dicom", nargs="+", metavar="DIR",
-                     help="DICOM folder(s) or files of one multi-echo GRE acquisition (magnitude and phase, or "
-                          "real and imaginary); echo times (s) and field strength (T) from the headers unless "
-                          "--te/--b0 are given; vendor phase scaling converted to radians")
+    _add_acquisition_inputs(src)
     src.add_argument("--total-field", metavar="F", help="start from a total field map in Hz (needs --mask, --b0)")
     src.add_argument("--local-field", metavar="F", help="start from a local field map in Hz (needs --mask, --b0)")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -185,7 +171,8 @@ def _get_parser():
     inv.add_argument("--unit", required=True, choices=("ppm", "hz"), help="unit of the local field")
     inv.add_argument("--b0", type=_positive_float, metavar="T", help="field strength in tesla (needed for hz)")
     inv.add_argument("--mask", required=True, metavar="F", help="brain mask NIfTI")
-    inv.add_argument("--method", choices=sorted(INVERSION_METHODS), default="tv-admm", help="default tv-admm")
+    inv.add_argument("--method", choices=sorted(INVERSION_METHODS), default=PRESETS["consensus"]["inversion"],
+                     help=f"default {PRESETS['consensus']['inversion']}, the consensus preset's")
     inv.add_argument("--option", action="append", type=_option, default=[], metavar="METHOD.KEY=VALUE",
                      help="a method option, e.g. tv-admm.lam=2e-4")
     inv.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
@@ -315,19 +302,7 @@ def _add_separate_parser(sub):
                                      "(chi.nii.gz, mask, fields) and provenance.json. With --r2 or --t2 R2 is "
                                      "measured; with neither, the R2*-only method takes R2 from a tissue model.")
     src = sep.add_argument_group("input (one of: --mag/--phase, --bids, --dicom)")
-    src.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
-    src.add_argument("--phase", nargs="+", metavar="F",
-                     help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
-                          "(rescaled automatically)")
-    src.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
-                     help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
-    src.add_argument("--b0", type=_positive_float, metavar="T",
-                     help="field strength in tesla; overrides BIDS sidecars")
-    src.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
-    src.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
-    src.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
-    src.add_argument("--dicom", nargs="+", metavar="DIR",
-                     help="DICOM folder(s) or files of one multi-echo GRE acquisition")
+    _add_acquisition_inputs(src)
     r2 = sep.add_mutually_exclusive_group()
     r2.add_argument("--r2", metavar="F", help="R2 map NIfTI in 1/s on the GRE grid (e.g. from a multi-echo "
                                               "spin echo)")
@@ -335,6 +310,25 @@ def _add_separate_parser(sub):
     sep.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sep.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_pipeline_options(sep)
+
+
+def _add_acquisition_inputs(group):
+    """The multi-echo GRE inputs that qsm run and qsm separate share (NIfTI, BIDS, DICOM; TE and B0)."""
+    group.add_argument("--mag", nargs="+", metavar="F", help="magnitude: one 4D NIfTI or one 3D NIfTI per echo")
+    group.add_argument("--phase", nargs="+", metavar="F",
+                       help="phase: one 4D NIfTI or one 3D NIfTI per echo; radians or scanner units "
+                            "(rescaled automatically)")
+    group.add_argument("--te", nargs="+", type=_positive_float, metavar="S",
+                       help="echo times in seconds (e.g. 0.004 0.008); overrides BIDS sidecars")
+    group.add_argument("--b0", type=_positive_float, metavar="T",
+                       help="field strength in tesla; overrides BIDS sidecars")
+    group.add_argument("--bids", metavar="DIR", help="BIDS dataset root with *_MEGRE files and JSON sidecars")
+    group.add_argument("--subject", metavar="S", help="BIDS subject label (without sub-)")
+    group.add_argument("--session", metavar="S", help="BIDS session label (without ses-)")
+    group.add_argument("--dicom", nargs="+", metavar="DIR",
+                       help="DICOM folder(s) or files of one multi-echo GRE acquisition (magnitude and phase, or "
+                            "real and imaginary); echo times (s) and field strength (T) from the headers unless "
+                            "--te/--b0 are given; vendor phase scaling converted to radians")
 
 
 def _filter_size(text):

@@ -51,9 +51,10 @@ PRESETS = {
     # The 2024 QSM consensus (QSM Consensus Organization Committee, Magn Reson Med 2024;91:1834-1862):
     # exact unwrapping, echoes combined before background removal, SHARP-based or PDF
     # background removal, a sparsity-regularised inversion, whole-brain reference.
-    # ROMEO-style unwrapping (Dymerska et al. 2021), PDF (Liu et al. 2011; on the 1 mm head
-    # 41 % NRMSE against V-SHARP's 51 %), TV-ADMM (Bilgic et al. 2014).
-    "consensus": {"unwrap": "romeo", "bgremove": "pdf", "inversion": "tv-admm"},
+    # ROMEO-style unwrapping (Dymerska et al. 2021), PDF (Liu et al. 2011), nonlinear TV
+    # (Milovic et al. 2018) with its weight from the measured noise: chosen by its worst case over
+    # the robustness table of the realistic head (Testing/benchmarks/robustness_table.py, issue 12).
+    "consensus": {"unwrap": "romeo", "bgremove": "pdf", "inversion": "nltv"},
     # Previews in seconds: the same exact unwrapping (Laplacian unwrapping leaves
     # errors that the temporal unwrapping turns into 2 pi jumps), V-SHARP (Wu et al. 2012)
     # and closed-form TKD (Shmueli et al., Magn Reson Med 2009). 1 mm head: about 4 s.
@@ -73,7 +74,7 @@ class PipelineConfig:
 
     unwrap: str = "romeo"
     bgremove: str = "pdf"
-    inversion: str = "tv-admm"
+    inversion: str = "nltv"
     reference: str = "brain"
     options: Dict[str, dict] = field(default_factory=dict)
     check_phase_sign: bool = True

@@ -237,7 +237,7 @@ def _run_into(stage, prefix, *, magnitude_files, phase_files, te_s, b0_t, bids_d
     return result
 
 
-def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, method="tv-admm", options=None,
+def invert_field(local_field_file, out_file, *, unit, mask_file, b0_t=None, method="nltv", options=None,
                  b0_dir=None, force=False, progress=None, accept_implausible_map=False):
     """Dipole inversion of a local field map file; writes a susceptibility map (ppm) and its provenance.
 
@@ -884,8 +884,8 @@ def field_noise_from_provenance(result):
     """The local field's noise SD (ppm) that the pipeline used, and its source; None: measure from the field."""
     for stage in result.provenance.get("stages", []):
         if stage.get("stage") == "dipole inversion":
-            noise = stage.get("parameters", {}).get("noise_sd_ppm")
-            auto = stage.get("auto_regularisation", {})
+            auto = stage.get("auto_regularisation", {})  # every TV-weighted inversion records its noise here
+            noise = auto.get("noise_sd_ppm", stage.get("parameters", {}).get("noise_sd_ppm"))
             if isinstance(noise, (int, float)) and noise > 0:
                 return float(noise), auto.get("noise_source", "the pipeline's inversion record")
     return None, None
