@@ -2,6 +2,11 @@
 
     python Testing/benchmarks/robustness_table.py [--rows NAME ...] [--list]
         [--tuning-seed N] [--report-seed N] [--markdown FILE]
+    python Testing/benchmarks/robustness_table.py --write-readme FILE [FILE ...]
+
+The second form summarises the Markdown of earlier runs (rows may be split
+over several runs, run side by side) into the table between the markers in
+README.md.
 
 Each row is one acquisition simulated with
 :func:`qsmlib.simulation.simulate_realistic_gre` (0.64 mm head, exact field of
@@ -12,14 +17,24 @@ white matter): voxel size 0.64 / 2 / 0.5 x 0.5 x 2 mm, 7 T (echoes 3-19 ms),
 SNR 30 / 300, B0 tilted 20 degrees, white-matter anisotropy, and one row
 combining the hard cases.
 
-Per row, three reconstructions from the raw magnitude and phase:
+Per row, from the raw magnitude and phase:
 
-- the ``consensus`` preset (ROMEO, PDF, TV-ADMM);
+- the ``consensus`` preset (ROMEO, PDF, nonlinear TV);
 - the ``fast`` preset (ROMEO, V-SHARP, TKD at its default threshold);
-- plain TKD on the consensus run's local field and mask, with the threshold
+- plain TKD on each preset's local field and mask, with the threshold
   chosen by a sweep on a TUNING simulation (``--tuning-seed``: other texture,
   noise, shim errors and phase offset) of the same acquisition, then applied
-  unchanged to the REPORTED simulation (``--report-seed``).
+  unchanged to the REPORTED simulation (``--report-seed``);
+- the consensus preset with another inversion (:data:`PIPELINE_CANDIDATES`),
+  from the raw data like the preset itself;
+- the candidate default inversions (:data:`CANDIDATES`, at the pipeline's
+  defaults), each run by the pipeline from the consensus run's local field and
+  mask, as ``qsm invert`` runs them: a weight the pipeline chooses from the
+  data is measured from that field alone.
+
+The column "vs TKD" is the NRMSE minus that of TKD, with its threshold tuned
+on the tuning simulation, on the same local field (the fast preset's own, or
+the consensus run's for everything else; negative: better than tuned TKD).
 
 Metrics against the k-space-truncated true susceptibility over the voxels the
 map covers inside the true brain (:mod:`qsmlib.metrics`, whole-brain
@@ -31,20 +46,31 @@ machine. This is a benchmark: it asserts nothing.
 
 import argparse
 import dataclasses
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 
 from qsmlib import metrics
 from qsmlib.constants import hz_to_ppm
 from qsmlib.inversion.tkd import tkd
-from qsmlib.pipeline import PipelineConfig, reconstruct
+from qsmlib.pipeline import PRESETS, PipelineConfig, reconstruct
 from qsmlib.simulation import load_fine_head_model, simulate_realistic_gre
 
 TE_3T_S = (0.004, 0.010, 0.016, 0.022, 0.028)
 TE_7T_S = (0.003, 0.007, 0.011, 0.015, 0.019)
 TILT_20_DEG = (0.0, float(np.sin(np.deg2rad(20.0))), float(np.cos(np.deg2rad(20.0))))
 DGM_LABELS = {1: "caudate", 2: "GP", 3: "Putamen", 4: "RN", 5: "DN", 6: "SNandSTN", 7: "Thalamus"}
+#: Inversions compared as candidates for the default: (label, method, options).
+CANDIDATES = (("tv-admm", "tv-admm", {}),
+              ("nltv", "nltv", {}),
+              ("medi", "medi", {}),
+              ("ilsqr", "ilsqr", {}),
+              ("tkd 0.19", "tkd", {}))
+#: Whole runs of the consensus preset with another inversion: (label, inversion). TV-ADMM was the
+#: preset's inversion until the table chose nonlinear TV (issue 12).
+PIPELINE_CANDIDATES = (("consensus with tv-admm", "tv-admm"),)
 TKD_THRESHOLDS = (0.06, 0.08, 0.10, 0.12, 0.15, 0.19, 0.24, 0.30, 0.36, 0.45)
 
 BASE = {"voxel_size_mm": 1.0, "b0_t": 3.0, "te_s": TE_3T_S, "snr": 100.0, "b0_dir": (0.0, 0.0, 1.0),
@@ -87,19 +113,33 @@ def run_pipeline(sim, preset, **overrides):
     return result, time.perf_counter() - start
 
 
+def from_local_field(consensus, sim, method, options):
+    """The pipeline's inversion ``method`` on the consensus run's local field and mask."""
+    start = time.perf_counter()
+    config = pipeline_config("consensus", inversion=method, options={method: dict(options)} if options else {})
+    result = reconstruct(local_field_hz=consensus.local_field_hz, mask=consensus.mask, magnitude=sim.magnitude,
+                         te_s=sim.te_s, b0_t=sim.b0_t, voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
+    return result, time.perf_counter() - start
+
+
 def tkd_from(result, sim, threshold):
     field_ppm = hz_to_ppm(result.local_field_hz, sim.b0_t)
     return tkd(field_ppm, result.mask, sim.voxel_size_mm, b0_dir=sim.b0_dir, threshold=threshold)
 
 
 def tune_tkd(model, acquisition, seed):
-    """TKD threshold with the lowest NRMSE on the tuning simulation (consensus local field)."""
+    """TKD thresholds with the lowest NRMSE on the tuning simulation, on each preset's local field.
+
+    Returns ``{preset: (best threshold, {threshold: NRMSE})}`` for ``consensus`` and ``fast``.
+    """
     sim = simulate_realistic_gre(model, seed=seed, **acquisition)
-    # Same unwrapping and background removal as the consensus preset; the inversion is not used.
-    result, _ = run_pipeline(sim, "consensus", inversion="tkd")
-    sweep = {t: score(tkd_from(result, sim, t), sim, result.mask)["nrmse"] for t in TKD_THRESHOLDS}
-    best = min(sweep, key=sweep.get)
-    return best, sweep
+    tuned = {}
+    for preset in ("consensus", "fast"):
+        # The preset's unwrapping and background removal; its inversion is not used.
+        result, _ = run_pipeline(sim, preset, inversion="tkd")
+        sweep = {t: score(tkd_from(result, sim, t), sim, result.mask)["nrmse"] for t in TKD_THRESHOLDS}
+        tuned[preset] = (min(sweep, key=sweep.get), sweep)
+    return tuned
 
 
 def describe(acquisition):
@@ -110,6 +150,69 @@ def describe(acquisition):
             f"WM anisotropy {'on' if acquisition['wm_anisotropy'] else 'off'}")
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- robustness-table:start -->", "<!-- robustness-table:end -->"
+#: The README's columns: (heading, method label in the detailed table).
+README_COLUMNS = (("consensus preset (nltv)", "consensus with nltv"),
+                  ("consensus with tv-admm (before issue 12)", "consensus with tv-admm"), ("fast preset", "fast"), ("tuned TKD", "TKD on the consensus field"),
+                  ("`qsm invert` tv-admm", "field: tv-admm"), ("`qsm invert` nltv", "field: nltv"),
+                  ("`qsm invert` medi", "field: medi"), ("`qsm invert` ilsqr", "field: ilsqr"))
+
+
+def read_detailed(paths):
+    """``{row: (acquisition, {method: (nrmse, vs_tkd, dgm_worst)})}`` from the Markdown of earlier runs."""
+    rows = {}
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 9 or cells[0] in ("row", "---"):
+                continue
+            name, acquisition, method = cells[:3]
+            if method.startswith("TKD"):  # "TKD 0.24 (tuned) on the consensus field"
+                method = " ".join(method.split()[:1] + method.split()[3:])
+            entry = rows.setdefault(name, (acquisition, {}))
+            entry[1][method] = (float(cells[3].rstrip(" %")), float(cells[4]), float(cells[6]))
+    return rows
+
+
+def readme_table(rows, tuning_seed, report_seed):
+    """The README's summary: a row per acquisition, NRMSE / worst DGM error per method, the worst cases."""
+    order = [name for name in ROWS if name in rows]
+    heading = "| acquisition | " + " | ".join(h for h, _ in README_COLUMNS) + " |"
+    lines = [f"Realistic head (`qsm simulate --realistic`), tuning seed {tuning_seed}, reported seed "
+             f"{report_seed}. Each cell: NRMSE (%) / worst deep grey matter error (ppm); "
+             "in brackets, NRMSE minus tuned TKD's on the same local field.", "",
+             heading, "|" + "---|" * (len(README_COLUMNS) + 1)]
+    worst = {}
+    for name in order:
+        acquisition, methods = rows[name]
+        cells = []
+        for _, label in README_COLUMNS:
+            if label not in methods:
+                cells.append("-")
+                continue
+            nrmse, vs_tkd, dgm = methods[label]
+            cells.append(f"{nrmse:.1f} / {dgm:.3f} ({vs_tkd:+.1f})")
+            w = worst.setdefault(label, [0.0, -np.inf, 0.0])
+            worst[label] = [max(w[0], nrmse), max(w[1], vs_tkd), max(w[2], dgm)]
+        lines.append(f"| {acquisition} | " + " | ".join(cells) + " |")
+    lines.append(f"| **worst of {len(order)} rows** | " + " | ".join(
+        "-" if label not in worst else f"**{worst[label][0]:.1f} / {worst[label][2]:.3f} ({worst[label][1]:+.1f})**"
+        for _, label in README_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(paths, tuning_seed, report_seed):
+    table = readme_table(read_detailed(paths), tuning_seed, report_seed)
+    text = README.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} markers")
+    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: f"{START}\n{table}\n{END}", text,
+                  flags=re.S)
+    README.write_text(text, encoding="utf-8")
+    print(table)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="rows to run (default: all)")
@@ -117,9 +220,14 @@ def main():
     parser.add_argument("--tuning-seed", type=int, default=101, help="seed of the simulations that tune TKD")
     parser.add_argument("--report-seed", type=int, default=202, help="seed of the simulations reported")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--write-readme", nargs="+", metavar="FILE",
+                        help="run nothing: summarise the Markdown of earlier runs (--markdown) into README.md")
     args = parser.parse_args()
     if args.tuning_seed == args.report_seed:
         parser.error("the tuning and the reported seeds must differ")
+    if args.write_readme:
+        write_readme(args.write_readme, args.tuning_seed, args.report_seed)
+        return
     names = args.rows or list(ROWS)
     if args.list:
         for name in ROWS:
@@ -127,40 +235,59 @@ def main():
         return
 
     model = load_fine_head_model()
-    header = ("| row | acquisition | method | NRMSE | XSIM | worst DGM error (ppm) | brain scored | time |\n"
-              "|---|---|---|---|---|---|---|---|")
+    header = ("| row | acquisition | method | NRMSE | vs TKD | XSIM | worst DGM error (ppm) | brain scored | time |\n"
+              "|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     print(header, flush=True)
     worst = {}
     for name in names:
         acquisition = {**BASE, **ROWS[name]}
         start = time.perf_counter()
-        threshold, sweep = tune_tkd(model, acquisition, args.tuning_seed)
+        tuned = tune_tkd(model, acquisition, args.tuning_seed)
         tuning_s = time.perf_counter() - start
         sim = simulate_realistic_gre(model, seed=args.report_seed, **acquisition)
         consensus, consensus_s = run_pipeline(sim, "consensus")
         fast, fast_s = run_pipeline(sim, "fast")
-        start = time.perf_counter()
-        chi_tkd = tkd_from(consensus, sim, threshold)
-        tkd_s = time.perf_counter() - start
-        for method, chi, mask, seconds in (("consensus", consensus.chi_ppm, consensus.mask, consensus_s),
-                                           ("fast", fast.chi_ppm, fast.mask, fast_s),
-                                           (f"TKD {threshold:g} (tuned)", chi_tkd, consensus.mask, tkd_s)):
+        # tuned TKD on each preset's local field: the floor each of its maps is compared with
+        floors, runs = {}, []
+        for preset, result, seconds in (("consensus", consensus, consensus_s), ("fast", fast, fast_s)):
+            threshold = tuned[preset][0]
+            start = time.perf_counter()
+            chi_tkd = tkd_from(result, sim, threshold)
+            tkd_s = time.perf_counter() - start
+            floors[preset] = score(chi_tkd, sim, result.mask)["nrmse"]
+            label = f"consensus with {PRESETS['consensus']['inversion']}" if preset == "consensus" else preset
+            runs += [(label, preset, result.chi_ppm, result.mask, seconds),
+                     (f"TKD {threshold:g} (tuned) on the {preset} field", preset, chi_tkd, result.mask, tkd_s)]
+        for label, inversion in PIPELINE_CANDIDATES:
+            result, seconds = run_pipeline(sim, "consensus", inversion=inversion)
+            runs.append((label, "consensus", result.chi_ppm, result.mask, seconds))
+        for label, method, options in CANDIDATES:
+            result, seconds = from_local_field(consensus, sim, method, options)
+            runs.append((f"field: {label}", "consensus", result.chi_ppm, result.mask, seconds))
+        for method, field_of, chi, mask, seconds in runs:
             m = score(chi, sim, mask)
-            key = method.split()[0]
-            previous = worst.get(key, {"nrmse": 0.0, "xsim": 1.0, "dgm_worst": 0.0})
+            vs_tkd = m["nrmse"] - floors[field_of]
+            key = " ".join(method.split()[:1] + method.split()[3:]) if method.startswith("TKD") else method
+            previous = worst.get(key, {"nrmse": 0.0, "xsim": 1.0, "dgm_worst": 0.0, "vs_tkd": -np.inf})
             worst[key] = {"nrmse": max(previous["nrmse"], m["nrmse"]), "xsim": min(previous["xsim"], m["xsim"]),
-                          "dgm_worst": max(previous["dgm_worst"], m["dgm_worst"])}
-            line = (f"| {name} | {describe(acquisition)} | {method} | {m['nrmse']:.1f} % | {m['xsim']:.3f} | "
+                          "dgm_worst": max(previous["dgm_worst"], m["dgm_worst"]),
+                          "vs_tkd": max(previous["vs_tkd"], vs_tkd)}
+            line = (f"| {name} | {describe(acquisition)} | {method} | {m['nrmse']:.1f} % | "
+                    f"{vs_tkd:+.1f} | {m['xsim']:.3f} | "
                     f"{m['dgm_worst']:.4f} | {m['kept']:.1f} % | {seconds:.1f} s |")
             lines.append(line)
             print(line, flush=True)
-        sweep_text = ", ".join(f"{t:g}: {v:.1f}" for t, v in sweep.items())
-        print(f"    (tuning seed {args.tuning_seed}, {tuning_s:.0f} s: TKD NRMSE % by threshold {sweep_text}; "
-              f"simulation of the reported seed {sim.timings_s['total']:.0f} s)", flush=True)
+        for preset, (threshold, sweep) in tuned.items():
+            sweep_text = ", ".join(f"{t:g}: {v:.1f}" for t, v in sweep.items())
+            print(f"    (tuning seed {args.tuning_seed}, {preset} field: TKD NRMSE % by threshold {sweep_text})",
+                  flush=True)
+        print(f"    (tuning {tuning_s:.0f} s; simulation of the reported seed {sim.timings_s['total']:.0f} s)",
+              flush=True)
     lines.append("")
     for key, m in worst.items():
-        line = (f"worst over {len(names)} rows, {key}: NRMSE {m['nrmse']:.1f} %, XSIM {m['xsim']:.3f}, "
+        line = (f"worst over {len(names)} rows, {key}: NRMSE {m['nrmse']:.1f} % (vs TKD {m['vs_tkd']:+.1f}), "
+                f"XSIM {m['xsim']:.3f}, "
                 f"worst DGM error {m['dgm_worst']:.4f} ppm")
         lines.append(line)
         print(line, flush=True)
