@@ -9,9 +9,7 @@ deformation (majority vote per 2 mm voxel).
 
 import csv
 import json
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +24,15 @@ from qsmlib.atlas.sitk_image import affine_from_image, array_from_image, image_f
 from qsmlib.atlas.template import head_model_images, head_model_segments
 from qsmlib.io import load_nifti, save_nifti
 from qsmlib.simulation import load_head_phantom
+from test_batch import _png_rgb
 
 SEED = 3
 
 
 def _png_size_and_colours(path):
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    idat, pos = b"", 8
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)[:, 1:]
-    pixels = rows.reshape(-1, 3)
-    return (width, height), {tuple(int(c) for c in p) for p in np.unique(pixels, axis=0)}
+    pixels = _png_rgb(path)
+    colours = {tuple(int(c) for c in p) for p in np.unique(pixels.reshape(-1, 3), axis=0)}
+    return (pixels.shape[1], pixels.shape[0]), colours
 
 
 # --- SimpleITK images keep the NIfTI geometry ------------------------------------------------------

@@ -171,13 +171,18 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
             "Register the atlas template to the susceptibility map and fill the segmentation with its structures")
         self.ui.exportButton.enabled = self._parameterNode is not None and self._parameterNode.outputTable is not None
 
+    def _ensureSegmentation(self):
+        """A segmentation node named after the susceptibility map, created when none is selected."""
+        parameters = self._parameterNode
+        if parameters.segmentation is None:
+            parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{parameters.susceptibility.GetName()}_DGM")
+            parameters.segmentation.CreateDefaultDisplayNodes()
+
     def onCreateSegments(self):
         with slicer.util.tryWithErrorDisplay(_("Could not create the segments."), waitCursor=True):
             parameters = self._parameterNode
-            if parameters.segmentation is None:
-                parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", f"{parameters.susceptibility.GetName()}_DGM")
-                parameters.segmentation.CreateDefaultDisplayNodes()
+            self._ensureSegmentation()
             self.logic.createDeepGreyMatterSegments(parameters.segmentation, parameters.susceptibility)
             slicer.util.selectModule("SegmentEditor")
 
@@ -186,10 +191,7 @@ class ROISusceptibilityWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWi
             dependencies.ensure_packages_in_slicer(_("ROI Susceptibility"))
         with slicer.util.tryWithErrorDisplay(_("Could not segment from the atlas."), waitCursor=True):
             parameters = self._parameterNode
-            if parameters.segmentation is None:
-                parameters.segmentation = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", f"{parameters.susceptibility.GetName()}_DGM")
-                parameters.segmentation.CreateDefaultDisplayNodes()
+            self._ensureSegmentation()
             qt.QSettings().setValue(ATLAS_FOLDER_SETTING, str(parameters.atlasFolder))
             result, cancelled = run_with_progress_dialog(
                 lambda progress: self.logic.segmentFromAtlasParameterNode(parameters, progress=progress),
