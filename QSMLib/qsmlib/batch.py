@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, parallel
 from .errors import QSMInputError
 from .io.lock import FolderLock, describe_holder
 from .memory import (BYTES_PER_VOXEL, BYTES_PER_VOXEL_ECHO, MEMORY_FRACTION, available_memory_bytes,  # noqa: F401
@@ -262,7 +262,8 @@ def completed_hash(out_dir, job, separation=False):
 
 # --- one subject (runs on a Dask worker) --------------------------------------------------------
 
-def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_file=None, force=False, atlas=None):
+def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_file=None, force=False, atlas=None,
+                    threads=None):
     """Reconstruct one subject into ``out_dir`` unless it is finished with the same content hash.
 
     Never raises for a subject's own problem: returns a dict with ``status``
@@ -270,33 +271,42 @@ def process_subject(bids_dir, out_dir, job, run_kwargs, parameters, *, labels_fi
     ``time_s``, the QC ``metrics`` and, with ``labels_file``, per-region ``regions``.
     With ``atlas`` (from :func:`prepare_atlas`) the template is registered to
     the subject's map and its labels give the regions (:func:`segment_subject`);
-    a failed registration fails this subject, its map stays.
+    a failed registration fails this subject, its map stays. ``threads`` (``qsm batch
+    --threads-per-worker``) is set with :func:`qsmlib.parallel.threads` for the subject's
+    FFTs and BLAS/OpenMP pools; None leaves this process's setting.
     """
     start = time.perf_counter()
     record = {"subject": job.subject, "session": job.session, "key": job.key, "status": None,
               "host": socket.gethostname(), "pid": os.getpid()}
     try:
-        files = input_files(bids_dir, job)
-        digest = content_hash(files, parameters, bids_dir)
-        separation = _separation(run_kwargs)
-        if not force and completed_hash(out_dir, job, separation) == digest:
-            record["status"] = "skipped"
-        else:
-            _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, digest)
-            record["status"] = "done"
-        record["content_hash"] = digest
-        record["outputs"] = subject_outputs(job, separation)
-        if atlas is not None:
-            record["outputs"] += atlas_outputs(job)[:-1]
-            labels_file = segment_subject(bids_dir, out_dir, job, atlas, digest, force=force)
-            record["outputs"].append(atlas_outputs(job)[-1])
-        record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file, separation)
+        with parallel.threads(threads):
+            _process_subject(bids_dir, out_dir, job, run_kwargs, parameters, record, labels_file=labels_file,
+                             force=force, atlas=atlas)
     except Exception as exc:  # one subject's failure must not stop the cohort
         record["status"] = "failed"
         record["error"] = describe_failure(exc)
         record["traceback"] = traceback.format_exc()
     record["time_s"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def _process_subject(bids_dir, out_dir, job, run_kwargs, parameters, record, *, labels_file, force, atlas):
+    """:func:`process_subject`'s work; fills ``record``."""
+    files = input_files(bids_dir, job)
+    digest = content_hash(files, parameters, bids_dir)
+    separation = _separation(run_kwargs)
+    if not force and completed_hash(out_dir, job, separation) == digest:
+        record["status"] = "skipped"
+    else:
+        _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, digest)
+        record["status"] = "done"
+    record["content_hash"] = digest
+    record["outputs"] = subject_outputs(job, separation)
+    if atlas is not None:
+        record["outputs"] += atlas_outputs(job)[:-1]
+        labels_file = segment_subject(bids_dir, out_dir, job, atlas, digest, force=force)
+        record["outputs"].append(atlas_outputs(job)[-1])
+    record["metrics"], record["regions"] = subject_statistics(out_dir, job, labels_file, separation)
 
 
 def _reconstruct_subject(bids_dir, out_dir, job, run_kwargs, parameters, files, digest):
@@ -888,7 +898,7 @@ class _Cluster:
 
 
 def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
-              threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
+              threads_per_worker=None, labels_pattern=None, force=False, mask_file=None, config=None,
               b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
               atlas_dir=None, atlas_options=None, separation=False, separation_options=None):
     """Reconstruct every subject of a BIDS dataset on Dask; write a derivatives dataset and QC.
@@ -904,6 +914,10 @@ def run_batch(bids_dir, out_dir, *, participant_labels=None, scheduler="local", 
         scheduler file (``.json``), or a job queue name ("slurm", "pbs", ... through dask-jobqueue).
     workers, threads_per_worker : int
         Worker processes (local: at most what the memory allows; job queues: jobs) and threads each.
+        Every subject is reconstructed inside :func:`qsmlib.parallel.threads` of
+        ``threads_per_worker`` (its FFTs and BLAS/OpenMP pools; recorded in its sidecar).
+        Default 1 on the workers this function starts; on an existing scheduler,
+        the workers' own setting (``QSMLIB_FFT_WORKERS``, else their CPUs).
     labels_pattern : str, optional
         Label image per subject relative to ``bids_dir``, with ``{subject}``, ``{session}``
         placeholders, e.g. ``derivatives/truth/sub-{subject}/anat/sub-{subject}_dseg.nii.gz``;
@@ -989,7 +1003,7 @@ def remove_dead_work(out_dir):
 
 
 def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="local", workers=None,
-                      threads_per_worker=1, labels_pattern=None, force=False, mask_file=None, config=None,
+                      threads_per_worker=None, labels_pattern=None, force=False, mask_file=None, config=None,
                       b0_dir=None, phase_sign=1, phase_unwrapped=False, reference_mask_file=None, progress=None,
                       atlas_dir=None, atlas_options=None, separation=False, separation_options=None):
     """:func:`run_batch` once it holds the output folder's lock."""
@@ -999,8 +1013,13 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
 
     started = datetime.now(timezone.utc)
     bids_dir = os.path.abspath(os.fspath(bids_dir))
-    if threads_per_worker < 1 or (workers is not None and workers < 1):
-        raise QSMInputError("--workers and --threads-per-worker must be 1 or more")
+    if workers is not None and workers < 1:
+        raise QSMInputError("--workers must be 1 or more")
+    if threads_per_worker is not None:
+        threads_per_worker = parallel.check_thread_count(threads_per_worker, "--threads-per-worker",
+                                                         "--threads-per-worker 2", "1 on workers qsm batch starts")
+    elif scheduler == "local" or scheduler in JOBQUEUE_SCHEDULERS:  # workers we start: one thread each
+        threads_per_worker = 1
     config = (config or PipelineConfig()).validate()
     atlas = prepare_atlas(atlas_dir, atlas_options, labels_pattern)
     jobs = discover_subjects(bids_dir, participant_labels)
@@ -1042,10 +1061,11 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
     if not description.exists():
         _atomic_write_text(description, json.dumps(_dataset_description(), indent=2) + "\n")
 
-    cluster_info = {"scheduler": scheduler, "memory_per_task_gib": round(task_bytes / 2 ** 30, 3)}
+    cluster_info = {"scheduler": scheduler, "memory_per_task_gib": round(task_bytes / 2 ** 30, 3),
+                    "threads_per_worker": threads_per_worker}
     if runnable:
         n_workers, memory_limit, note = choose_workers(task_bytes, requested=workers, n_tasks=len(runnable),
-                                                       threads_per_worker=threads_per_worker)
+                                                       threads_per_worker=threads_per_worker or 1)
         if scheduler != "local":
             n_workers = workers or 1
         if note and scheduler == "local":
@@ -1061,7 +1081,7 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
             for job in runnable:
                 future = cluster.client.submit(process_subject, bids_dir, out_dir, job, run_kwargs, parameters,
                                                labels_file=_labels_for(bids_dir, job, labels_pattern),
-                                               atlas=atlas, force=force, key=f"qsm-{job.key}-{parameters_digest(parameters)}",
+                                               atlas=atlas, force=force, threads=threads_per_worker, key=f"qsm-{job.key}-{parameters_digest(parameters)}",
                                                pure=False, resources=cluster.task_resources)
                 futures[future] = job
             for future in as_completed(list(futures)):

@@ -22,11 +22,15 @@ import traceback
 
 from . import __version__
 from .errors import Cancelled, QSMInputError
+from .parallel import ENV_VAR as THREADS_ENV_VAR
+from .parallel import check_thread_count, threads
 from .pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, REFERENCE_METHODS, UNWRAP_METHODS,
                        PipelineConfig)
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
+#: Subcommands that compute (FFTs, BLAS): each takes --threads N.
+THREADED_COMMANDS = ("run", "separate", "invert", "cosmos", "simulate", "swi", "r2star", "unwrap", "demo")
 
 
 class ProgressPrinter:
@@ -86,6 +90,24 @@ def _positive_float(text):
     if not math.isfinite(value) or not value > 0:
         raise argparse.ArgumentTypeError(f"'{text}' must be a positive number")
     return value
+
+
+def _thread_count(flag, default=f"${THREADS_ENV_VAR}, else all CPUs"):
+    """An argparse type for a thread count given with ``flag``: a whole number of 1 or more."""
+    def parse(text):
+        try:
+            return check_thread_count(text, name="", example=f"{flag} 4", default=default)
+        except QSMInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = "thread count"
+    return parse
+
+
+def _add_threads_option(p):
+    """``--threads N``: the threads of this command's FFTs and BLAS/OpenMP pools (:mod:`qsmlib.parallel`)."""
+    p.add_argument("--threads", type=_thread_count("--threads"), metavar="N",
+                   help=f"threads for the FFTs and linear algebra (default: ${THREADS_ENV_VAR}, else all CPUs); "
+                        "recorded in provenance.json")
 
 
 def _add_pipeline_options(p):
@@ -242,6 +264,8 @@ def _get_parser():
     demo = sub.add_parser("demo", help="simulate the head phantom, reconstruct it, and write a report")
     demo.add_argument("--out", default="qsm-demo", metavar="DIR", help="output folder (default qsm-demo)")
     demo.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    for name in THREADED_COMMANDS:
+        _add_threads_option(sub.choices[name])
     return parser
 
 
@@ -591,7 +615,10 @@ def _add_batch_parser(sub):
                         "dask-jobqueue (configured in ~/.config/dask/jobqueue.yaml)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="worker processes (local: default one per core, fewer if memory is short) or jobs")
-    p.add_argument("--threads-per-worker", type=int, default=1, metavar="N", help="threads per worker (default 1)")
+    p.add_argument("--threads-per-worker", metavar="N",
+                   type=_thread_count("--threads-per-worker", default="1 on workers qsm batch starts"),
+                   help="threads of each worker for its FFTs and linear algebra (default 1 on workers this "
+                        "command starts; on an existing scheduler, the workers' own setting)")
     p.add_argument("--labels-pattern", metavar="PATTERN",
                    help="label image per subject relative to BIDS_DIR, with {subject} and {session}, e.g. "
                         "derivatives/truth/sub-{subject}/anat/sub-{subject}_dseg.nii.gz (names from the .tsv "
@@ -785,7 +812,7 @@ def main(argv=None):
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     try:
-        with _signals_stop_like_ctrl_c():
+        with _signals_stop_like_ctrl_c(), threads(getattr(args, "threads", None)):
             status = _dispatch(args, ProgressPrinter(quiet=args.quiet))
     except QSMInputError as exc:
         print(f"qsm: error: {exc}", file=sys.stderr)

@@ -3,22 +3,25 @@
 All convolutions in QSMLib are done with real FFTs (``scipy.fft.rfftn``) on a
 zero-padded grid of a fast FFT size. Data sit at the start of the padded grid
 and are cropped back with :func:`crop`; kernels are defined in k-space on the
-padded grid, so circular wrap-around falls into the padding.
+padded grid, so circular wrap-around falls into the padding. Every FFT runs on
+:func:`fft_workers` threads (set them with :func:`qsmlib.set_threads`).
 """
 
-import os
 from functools import lru_cache
 
 import numpy as np
 import scipy.fft as sfft
 
+from .parallel import get_threads
+
 
 def fft_workers():
-    """Number of threads for scipy.fft (``QSMLIB_FFT_WORKERS`` overrides the CPU count)."""
-    env = os.environ.get("QSMLIB_FFT_WORKERS")
-    if env:
-        return max(1, int(env))
-    return max(1, os.cpu_count() or 1)
+    """Number of threads for scipy.fft: :func:`qsmlib.parallel.get_threads`.
+
+    Pass it as ``workers=`` to every ``scipy.fft`` call, so that
+    :func:`qsmlib.set_threads`, ``QSMLIB_FFT_WORKERS`` and ``--threads`` hold.
+    """
+    return get_threads()
 
 
 def padded_shape(shape, pad_voxels=0):

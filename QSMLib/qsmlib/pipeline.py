@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from . import __version__
+from . import __version__, parallel
 from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
 from .constants import hz_per_ppm, hz_to_ppm
 from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
@@ -536,6 +536,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
 
     provenance = {
         "software": software_info(),
+        "threads": parallel.thread_info(),
         "config": _jsonable(asdict(config)),
         "acquisition": {"b0_t": b0_t, "te_s": None if te_s is None else [float(t) for t in te_s],
                         "voxel_size_mm": list(voxel_size), "b0_dir": list(b0_dir)},

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, parallel
 from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import ImplausibleMaskError, QSMInputError
@@ -611,7 +611,7 @@ def run_swi(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0_t=
         if mask_file is not None:
             inputs["mask"] = str(mask_file)
         _write_json(stage.path("provenance.json"), {
-            "software": software_info(), "command": _command(), "inputs": inputs,
+            "software": software_info(), "threads": parallel.thread_info(), "command": _command(), "inputs": inputs,
             "detected": {"voxel_size_mm": list(voxel_size), "phase_scaling": data.phase_scaling},
             "mask": {"source": mask_source, "voxels": int(mask.sum())},
             "swi": parameters,
@@ -653,7 +653,7 @@ def run_unwrap(out_dir, *, magnitude_files=None, phase_files=None, te_s=None, b0
         if bids:
             inputs.update(bids_dir=str(bids_dir), subject=bids["subject"], session=bids["session"])
         _write_json(stage.path("provenance.json"), {
-            "software": software_info(), "command": _command(), "inputs": inputs,
+            "software": software_info(), "threads": parallel.thread_info(), "command": _command(), "inputs": inputs,
             "detected": {"voxel_size_mm": list(voxel_size), "phase_scaling": data.phase_scaling},
             "mask": {"source": mask_source, "voxels": int(mask.sum())},
             "unwrap": {"spatial": "romeo", "temporal": "line through the echoes already unwrapped",
@@ -695,7 +695,7 @@ def run_r2star(out_dir, *, magnitude_files=None, te_s=None, bids_dir=None, subje
         if mask_file is not None:
             inputs["mask"] = str(mask_file)
         _write_json(stage.path("provenance.json"), {
-            "software": software_info(), "command": _command(), "inputs": inputs,
+            "software": software_info(), "threads": parallel.thread_info(), "command": _command(), "inputs": inputs,
             "detected": {"voxel_size_mm": list(voxel_size)},
             "mask": {"source": mask_source, "voxels": int(mask.sum())},
             "r2star": _r2star_parameters(maps, mask, floor_snr, noise_sd),
