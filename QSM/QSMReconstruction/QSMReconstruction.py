@@ -26,6 +26,7 @@ from qsmlib.errors import ImplausibleMaskError, QSMInputError
 from qsmlib.pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS, PipelineConfig,
                              reconstruct)
 from qsmslicer import dependencies, display, echo_times, nodes, sample_data
+from qsmslicer import threads as slicer_threads
 from qsmslicer.progress import SEPARATION_STAGE_WEIGHTS, STAGE_WEIGHTS, run_with_progress_dialog
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
@@ -341,7 +342,7 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
                 preset="consensus", unwrap=None, bgremove=None, inversion=None, reference="brain",
                 reference_region=None, reference_segment_ids=None, options=None, phase_sign=1,
                 output_name=None, outputs=None, progress=None, dicom_lookup=None, accept_implausible_mask=False,
-                separation=False, r2=None, r2_unit="R2"):
+                separation=False, r2=None, r2_unit="R2", threads=None):
         """Reconstruct susceptibility from magnitude and phase nodes.
 
         Parameters
@@ -385,6 +386,9 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
             without it the R2*-only method takes R2 from a tissue model.
         r2_unit : {"R2", "T2"}
             What ``r2`` holds: R2 in 1/s or T2 in s.
+        threads : int, optional
+            Threads for the FFTs and BLAS/OpenMP pools; default: the count Slicer's
+            own ITK processing uses (:mod:`qsmslicer.threads`). Recorded in the provenance.
 
         Returns
         -------
@@ -454,23 +458,24 @@ class QSMReconstructionLogic(ScriptedLoadableModuleLogic):
                 r2_from_map(r2_values, is_t2=r2_unit == "T2", mask=r2_values > 0,
                             name=f"{r2_unit} map '{r2.GetName()}'")
         b0_dir = nodes.b0_direction(reference_node)
-        result = reconstruct(magnitude=magnitude_array, phase=phase_rad, te_s=te_s, b0_t=b0_t,
-                             voxel_size=nodes.voxel_size(reference_node), b0_dir=b0_dir, mask=mask_array,
-                             config=config, reference_region=region, progress=progress)
-        for warning in result.provenance["warnings"]:
-            logging.warning("QSM: %s", warning)
-        maps = record = None
-        if separation:
-            r2_hz = r2_source = None
-            if r2 is not None:
-                r2_hz = r2_from_map(r2_values, is_t2=r2_unit == "T2", mask=result.mask,
-                                    name=f"{r2_unit} map '{r2.GetName()}'")
-                r2_source = f"{r2_unit} map {r2.GetName()}"
-            maps, record = separate_result(result, magnitude_array, te_s, b0_t, nodes.voxel_size(reference_node),
-                                           b0_dir=b0_dir, r2_hz=r2_hz, r2_source=r2_source, options=separation_options,
-                                           progress=progress)
+        with slicer_threads.computation_threads(threads):
+            result = reconstruct(magnitude=magnitude_array, phase=phase_rad, te_s=te_s, b0_t=b0_t,
+                                 voxel_size=nodes.voxel_size(reference_node), b0_dir=b0_dir, mask=mask_array,
+                                 config=config, reference_region=region, progress=progress)
+            for warning in result.provenance["warnings"]:
+                logging.warning("QSM: %s", warning)
+            maps = record = None
+            if separation:
+                r2_hz = r2_source = None
+                if r2 is not None:
+                    r2_hz = r2_from_map(r2_values, is_t2=r2_unit == "T2", mask=result.mask,
+                                        name=f"{r2_unit} map '{r2.GetName()}'")
+                    r2_source = f"{r2_unit} map {r2.GetName()}"
+                maps, record = separate_result(result, magnitude_array, te_s, b0_t, nodes.voxel_size(reference_node),
+                                               b0_dir=b0_dir, r2_hz=r2_hz, r2_source=r2_source,
+                                               options=separation_options, progress=progress)
 
-        provenance = dict(result.provenance)
+        provenance = slicer_threads.record(dict(result.provenance), threads)
         provenance["inputs"] = {"magnitude": self._describe(magnitude), "phase": self._describe(phase),
                                 "echo_times_s": [float(t) for t in te_s], "echo_times_source": te_source,
                                 "b0_t": float(b0_t), "mask": None if mask is None else mask.GetName(),

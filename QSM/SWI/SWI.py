@@ -21,6 +21,7 @@ from slicer.util import VTKObservationMixin
 from qsmlib import swi as qsm_swi
 from qsmlib.errors import QSMInputError
 from qsmslicer import dependencies, echo_times, nodes, sample_data
+from qsmslicer import threads as slicer_threads
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
 
@@ -174,10 +175,11 @@ class SWILogic(ScriptedLoadableModuleLogic):
         phase_rad, scaling = phase_to_radians(phase_array, name="phase")
         del phase_array
         mask_array = None if mask is None else nodes.mask_from_node(mask, reference_node, mask_segment_ids)
-        result = qsm_swi.swi(magnitude_array, phase_sign * phase_rad, mask_array, nodes.voxel_size(reference_node),
-                             te_s=te_s, filter_size=filter_size, kind=kind, power=power,
-                             phase_convention="left-handed", slab_mm=slab_mm,
-                             mip_axis=self.projectionAxis(reference_node))
+        with slicer_threads.computation_threads():  # the thread count of Slicer's own processing
+            result = qsm_swi.swi(magnitude_array, phase_sign * phase_rad, mask_array,
+                                 nodes.voxel_size(reference_node), te_s=te_s, filter_size=filter_size, kind=kind,
+                                 power=power, phase_convention="left-handed", slab_mm=slab_mm,
+                                 mip_axis=self.projectionAxis(reference_node))
         logging.info("SWI: phase %s, mIP over %.1f mm", scaling["detected"], slab_mm)
         outputs = outputs or SWIOutputs(None, None)
         base = output_name or (magnitude[0] if isinstance(magnitude, (list, tuple)) else magnitude).GetName()

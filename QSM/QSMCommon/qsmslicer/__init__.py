@@ -6,6 +6,7 @@
 - :mod:`qsmslicer.display`: diverging colour map centred on 0 ppm;
 - :mod:`qsmslicer.progress`: qsmlib progress -> progress dialog, with Cancel;
 - :mod:`qsmslicer.dependencies`: extra packages, installed only after asking;
+- :mod:`qsmslicer.threads`: qsmlib computes with the thread count of Slicer's ITK;
 - :mod:`qsmslicer.sample_data`: the simulated head as Sample Data, loadable by URI;
 - :mod:`qsmslicer.widget`: the parameter-node scaffolding every module Widget shares.
 

@@ -22,7 +22,7 @@ import tempfile
 from qsmlib.errors import QSMInputError
 
 #: import name -> pip requirement, for packages Slicer does not ship.
-EXTRA_PACKAGES = {"nibabel": "nibabel>=3.2", "skimage": "scikit-image>=0.19"}
+EXTRA_PACKAGES = {"nibabel": "nibabel>=3.2", "skimage": "scikit-image>=0.19", "threadpoolctl": "threadpoolctl>=3.1"}
 #: Distributions Slicer ships: pinned to their installed version while installing the extras.
 SLICER_PACKAGES = ("numpy", "scipy", "SimpleITK", "pydicom")
 
