@@ -110,6 +110,9 @@ def test_set_threads_holds_until_reset():
     assert parallel.thread_info() == {"count": 3, "source": "set_threads"}
     qsmlib.set_threads(None)
     assert _blas_threads() == before and fourier.fft_workers() == parallel.available_cpus()
+    qsmlib.set_threads(1)
+    with qsmlib.threads(None) as count:  # None passes an optional setting through: no change
+        assert count is None and fourier.fft_workers() == 1 and _blas_threads() == [1] * len(before)
 
 
 def test_environment_variable_is_the_default_below_the_setting(monkeypatch):

@@ -137,10 +137,11 @@ def threads(n):
 
     ``n`` as for :func:`set_threads`; None leaves the count as it is (so that
     callers can pass an optional setting straight through). Blocks nest.
+    Yields the count (None for None).
     """
     global _count
     if n is None:
-        yield get_threads()
+        yield None
         return
     count = check_thread_count(n)
     with _lock:
