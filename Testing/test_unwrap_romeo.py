@@ -9,8 +9,11 @@ from scipy import ndimage
 from qsmlib import QSMInputError
 from qsmlib.io.multiecho import load_multi_echo
 from qsmlib.simulation import load_head_phantom, simulate_gre
-from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_romeo, voxel_quality
-from qsmlib.unwrap.romeo import _sum_to_root, edge_weights
+from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_reliability, unwrap_romeo, voxel_quality
+from qsmlib.unwrap.romeo import _jump_to_roots, _spanning_tree_turns, edge_weights
+from qsmlib.phase import wrap_to_pi
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 from test_unwrap import ellipsoid, grid, smooth_phase, wrap
 
 TWO_PI = 2 * np.pi
@@ -161,28 +164,125 @@ def test_voxel_quality_separates_noise_from_coherent_phase_and_respects_the_mask
         voxel_quality(phase, te[:3])
 
 
-def test_pointer_jumping_sums_steps_along_tree_paths():
-    # Random tree: parent of node k is a random earlier node; sums checked by a direct loop.
+def test_pointer_jumping_finds_roots_and_sums_steps_along_tree_paths():
+    # Random forest: the parent of node k is a random earlier node, or k itself
+    # (a root); roots and sums checked by a direct walk.
     rng = np.random.default_rng(0)
     n = 5000
-    root = n
-    parent = np.empty(n + 1, np.int32)
-    parent[0] = root
-    parent[1:n] = (rng.random(n - 1) * np.arange(1, n)).astype(np.int32)
-    parent[root] = root
-    permutation = np.append(rng.permutation(n), root).astype(np.int32)   # scramble node order
+    parent = (rng.random(n) * np.arange(n)).astype(np.int32)
+    roots = rng.random(n) < 0.01
+    roots[0] = True
+    parent[roots] = np.flatnonzero(roots)
+    permutation = rng.permutation(n).astype(np.int32)   # scramble the node order
     inverse = np.argsort(permutation).astype(np.int32)
     scrambled_parent = permutation[parent[inverse]]
-    step = rng.integers(-1, 2, n + 1).astype(np.int32)
-    step[root] = 0
-    total = _sum_to_root(step, scrambled_parent, root)
-    expected = np.zeros(n + 1, np.int64)
-    for node in range(n + 1):
-        walk = node
-        while walk != root:
-            expected[node] += step[walk]
+    step = rng.integers(-1, 2, n).astype(np.int32)
+    step[scrambled_parent == np.arange(n)] = 0
+    root, total = _jump_to_roots(scrambled_parent.copy(), step.copy())
+    for node in range(n):
+        walk, expected = node, 0
+        while scrambled_parent[walk] != walk:
+            expected += step[walk]
             walk = scrambled_parent[walk]
-    assert np.array_equal(total, expected)
+        assert root[node] == walk and total[node] == expected
+
+
+def kruskal_turns(wrapped, region, weights, labels):
+    """Test oracle: turns along scipy's minimum spanning tree (Kruskal) of the same total order.
+
+    Cost of an edge: (256 - weight) scaled above every edge index, plus the
+    index 3 * voxel + column (column 0, 1, 2 along z, y, x), so that equal
+    weights are taken in index order; each voxel takes its parent's turns plus
+    round((p_parent - p_voxel) / 2 pi), from the first voxel of its component.
+    """
+    shape = region.shape
+    n = region.size
+    strides = (shape[1] * shape[2], shape[2], 1)
+    rows, cols, cost = [], [], []
+    for axis in range(3):
+        voxel = np.flatnonzero(weights[axis].ravel())
+        rows.append(voxel)
+        cols.append(voxel + strides[axis])
+        cost.append((256.0 - weights[axis].ravel()[voxel]) * 2.0 ** 40 + 3 * voxel + (2 - axis))
+    graph = csr_matrix((np.concatenate(cost), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    tree = minimum_spanning_tree(graph)
+    phase = wrapped.ravel()
+    turns = np.zeros(n, np.int64)
+    flat_labels = labels.ravel()
+    for component in range(1, flat_labels.max() + 1):
+        seed = int(np.flatnonzero(flat_labels == component)[0])
+        order, parent = breadth_first_order(tree, seed, directed=False, return_predecessors=True)
+        for voxel in order[1:]:
+            up = parent[voxel]
+            turns[voxel] = turns[up] + np.rint((phase[up] - phase[voxel]) * np.float32(1 / TWO_PI))
+    return turns[region.ravel()]
+
+
+@pytest.mark.parametrize("case", ["noise, phase only", "noise, magnitude and second echo", "two components"])
+def test_spanning_tree_turns_match_kruskal_exactly(case):
+    # Noisy phase with residues (so that different trees give different turns),
+    # and 8-bit weights with many ties: the Boruvka rounds must give the very tree
+    # (and turns) of Kruskal's algorithm under the same total order.
+    rng = np.random.default_rng(7)
+    shape = (20, 18, 14)
+    x, y, z = grid(shape)
+    truth = 0.9 * x + 0.5 * y + 0.02 * z ** 2
+    noise = rng.normal(0, 0.8, shape) * (np.abs(x) < 5)
+    wrapped = wrap_to_pi(truth + noise, np.float32)
+    region = np.ones(shape, bool)
+    options = {}
+    if case == "noise, magnitude and second echo":
+        options = {"magnitude": np.abs(1 + 0.3 * rng.standard_normal(shape)).astype(np.float32),
+                   "phase2": wrap_to_pi(1.5 * (truth + noise) + rng.normal(0, 0.3, shape), np.float32),
+                   "te_ratio": 1.5}
+    if case == "two components":
+        region = ellipsoid(shape, (6, 8, 6), (-4, 0, 0)) | ellipsoid(shape, (3, 4, 4), (7, 0, 0))
+    labels, count = ndimage.label(region)
+    if case == "two components":
+        assert count == 2
+    weights = edge_weights(wrapped, region, **options)
+    assert len(np.unique(np.concatenate([w[w > 0] for w in weights]))) < 0.2 * np.count_nonzero(region)
+    expected = kruskal_turns(wrapped, region, weights, labels)
+    assert np.ptp(expected) >= 2                    # the turns are not trivially equal
+    turns = _spanning_tree_turns(wrapped, region, weights, labels)
+    assert np.array_equal(turns, expected)
+
+
+def test_unmasked_echo_with_noise_outside_the_head_is_exact_in_the_brain():
+    # A head in a field of view full of noise, unwrapped without a mask: the
+    # noise is joined last, and every brain voxel whose true phase is sampled
+    # (no step above pi to a neighbour within two voxels) has the true turn,
+    # up to one global turn. The result is congruent with the input everywhere.
+    rng = np.random.default_rng(11)
+    shape = (72, 80, 64)
+    x, y, z = grid(shape)
+    head = ellipsoid(shape, (31, 35, 27))
+    brain = ellipsoid(shape, (24, 28, 21))
+    field = 0.01 * x * y + 0.01 * z ** 2 - 0.7 * x
+    cavity = 400.0 * (3 * (z + 25) ** 2 / ((x ** 2 + (y - 16) ** 2 + (z + 25) ** 2) + 1) - 1) \
+        / ((x ** 2 + (y - 16) ** 2 + (z + 25) ** 2) + 1) ** 1.5
+    truth = (field + np.clip(cavity, -3, 3)).astype(np.float32)
+    amplitude = np.where(head, 1.0, 0.0)
+    signal = amplitude * np.exp(1j * truth) + (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / 40
+    phase = np.angle(signal).astype(np.float32)
+    magnitude = np.abs(signal).astype(np.float32)
+    assert np.ptp(truth[brain]) / TWO_PI > 5
+    result = unwrap_romeo(phase, None, (1, 1, 1), magnitude=magnitude)
+    turns = (result - phase) / TWO_PI
+    assert np.abs(turns - np.round(turns)).max() < 1e-3
+    steep = np.zeros(shape, bool)
+    for axis in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        jump = np.abs(truth[tuple(hi)] - truth[tuple(lo)]) > np.pi
+        steep[tuple(lo)] |= jump
+        steep[tuple(hi)] |= jump
+    sampled = brain & ~ndimage.binary_dilation(steep, iterations=2)
+    assert np.count_nonzero(sampled) > 0.9 * np.count_nonzero(brain)
+    assert np.count_nonzero(turn_errors(result, truth, sampled)) == 0
+    # The reliability unwrapper, the other exact one, agrees on those voxels up to one global turn.
+    other = unwrap_reliability(phase, None, (1, 1, 1))
+    assert np.count_nonzero(turn_errors(result, other, sampled)) == 0
 
 
 @pytest.fixture(scope="module")

@@ -11,30 +11,27 @@ are reached through the edges of a maximum spanning tree of the weighted
 voxel graph, and the result is fixed by that tree alone (up to ties), not by
 the seed or the order of growth.
 
-So the region growing is done here as four whole-volume steps, each compiled:
+So the region growing is done here as whole-volume numpy steps:
 
 1. edge weights for the three face directions, vectorised in numpy (float32)
    and quantised to 1..255 as ROMEO does;
-2. the spanning tree by :func:`scipy.sparse.csgraph.minimum_spanning_tree`
-   (Kruskal with union-find in Cython) on the cost ``256 - weight``. Ties
-   between equal quantised weights are broken by voxel order, so that the
-   tree, and the result, do not depend on numpy's (unstable) sort;
-3. every voxel's parent by :func:`scipy.sparse.csgraph.breadth_first_order`
-   from a virtual root joined to one voxel of each connected component, so
-   one traversal covers every component;
-4. the number of turns of each voxel, ``m[n] = m[parent] + round((p[parent]
-   - p[n]) / 2 pi)``, is a sum along the path to the root, computed by pointer
-   jumping: log2(tree depth) vectorised passes.
+2. the spanning tree by Boruvka's algorithm (every component joins through
+   its best edge, all at once, until none is left), after dropping the worst
+   edge of every grid square (cycle property) and with the first round on
+   the voxel grid. Ties between equal quantised weights are broken by edge
+   index, so that the tree, and the result, are unique;
+3. each round records the turns of every component's root relative to the
+   root it joins (pointer jumping along the chosen edges); a voxel's turns,
+   ``m[n] = m[parent] + round((p[parent] - p[n]) / 2 pi)`` summed along its
+   tree path, are the sum of these offsets over the rounds.
 
 A Python priority queue would visit every voxel in the interpreter (minutes
-for a head volume); the spanning tree gives the same result from library
-code in seconds.
+for a head volume); the rounds give the same result from whole-array
+operations in seconds.
 """
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
 from ..errors import QSMInputError
 from ..masking import bounding_box
@@ -50,9 +47,6 @@ WEIGHT_LEVELS = 255
 #: sinus edges, noise) are joined after them, in order of their signal.
 MAGNITUDE_REFERENCE_FRACTION = 0.5
 MAGNITUDE_REFERENCE_PERCENTILE = 90.0
-#: Multiplier that keeps the tie-breaking voxel order below one weight level in the sort key
-#: (float64 holds the key exactly up to 2**53, enough for 255 levels x 2**35 edges).
-_TIE_SCALE = float(2 ** 35)
 #: How unwrap_echoes_temporal predicts an echo from those already unwrapped.
 PREDICTIONS = ("line", "ratio")
 
@@ -123,10 +117,11 @@ def unwrap_romeo(phase, mask=None, voxel_size=(1, 1, 1), *, magnitude=None, phas
     result is congruent everywhere; wrong turns can only appear along the
     weakest edges, which are joined last.
 
-    Cost on two (shared) cores for one 256 x 256 x 176 echo: 8 to 14 s
-    without a mask (34 million edges; scipy's spanning tree is half of it),
-    1.3 s with a brain mask of a fifth of the volume (see
-    Testing/benchmarks/bench_unwrap.py). Memory: about 1.5 GB without a mask.
+    Cost for one 256 x 256 x 176 echo without a mask (34 million edges),
+    on two cores shared with other work: 5.5-7.6 s, against 12.8-13.7 s for
+    the scipy Kruskal tree it replaced (same runs; bit-identical output); with
+    a brain mask of a fifth of the volume 1.3 s. Memory: under 1 GB without a
+    mask (see Testing/benchmarks/bench_unwrap.py).
 
     References
     ----------
@@ -134,8 +129,8 @@ def unwrap_romeo(phase, mask=None, voxel_size=(1, 1, 1), *, magnitude=None, phas
     Robinson SD. Phase unwrapping with a rapid opensource minimum spanning
     tree algorithm (ROMEO). Magn Reson Med 2021;85:2294-2308.
 
-    Kruskal JB. On the shortest spanning subtree of a graph and the
-    traveling salesman problem. Proc Am Math Soc 1956;7:48-50.
+    Boruvka O. O jistem problemu minimalnim. Prace Mor Prirodoved Spol
+    1926;3:37-58 (the spanning tree algorithm used here).
     """
     phase = as_volume(phase, "phase", dtype=np.float32)
     as_voxel_size(voxel_size)
@@ -500,107 +495,228 @@ def _spanning_tree_turns(wrapped, region, weights, labels):
 
     The maximum spanning tree of the weighted graph is the path along which
     ROMEO's region growing unwraps; each voxel takes its parent's turns plus
-    the turn that makes its step from the parent smaller than pi.
-    """
-    n_voxels = int(np.count_nonzero(region))
-    full = n_voxels == region.size
-    # The graph in CSR form: one row per voxel with its forward edges along z,
-    # y, x (increasing neighbour index), and a last row for the virtual root.
-    level = np.empty((n_voxels, 3), dtype=np.uint8)
-    target = np.empty((n_voxels, 3), dtype=np.int32)
-    if full:
-        # No mask: voxel numbers are flat indices; the edges off the last slice
-        # have weight 0 and are dropped below.
-        flat = np.arange(n_voxels, dtype=np.int32)
-        strides = (region.shape[1] * region.shape[2], region.shape[2], 1)
-        for column, axis in enumerate((2, 1, 0)):
-            np.add(flat, strides[axis], out=target[:, column])
-            level[:, column] = weights[axis].ravel()
-        del flat
-    else:
-        index = np.full(region.shape, -1, dtype=np.int32)
-        index[region] = np.arange(n_voxels, dtype=np.int32)
-        neighbour = np.empty(region.shape, dtype=np.int32)
-        for column, axis in enumerate((2, 1, 0)):
-            lo = [slice(None)] * 3
-            lo[axis] = slice(0, -1)
-            hi = [slice(None)] * 3
-            hi[axis] = slice(1, None)
-            neighbour[tuple(lo)] = index[tuple(hi)]
-            target[:, column] = neighbour[region]
-            level[:, column] = weights[axis][region]
-        del neighbour, index
-    exists = level > 0
-    row_counts = np.count_nonzero(exists, axis=1)
-    target = target[exists]
-    level = level[exists]
-    del exists
+    the turn that makes its step from the parent smaller than pi. The turns
+    are relative to the first voxel (in raster order) of each connected
+    component of ``region``, which has 0.
 
-    # Labels appear in raster order, so each component's first voxel is where
-    # the running maximum of the labels first reaches it.
+    Edges are ordered by weight, best first, and among equal weights by their
+    index ``3 * voxel + column`` (column 0, 1, 2 for the edge along z, y, x):
+    a total order, so the tree is unique. It is found by Boruvka's algorithm
+    (every component joins through its best edge, all components at once,
+    until none has an edge left), in whole-array steps:
+
+    1. every edge that is the worst of the four edges around a grid square
+       is dropped first (the worst edge of a cycle is in no maximum spanning
+       tree): about half of the edges;
+    2. the first round runs on the voxel grid: each voxel's best edge is the
+       best of its six, with the fixed index order of the six breaking ties;
+    3. later rounds run on the list of edges between components, which
+       shrinks with every round;
+    4. each round records, for every component, the turns of its root relative
+       to the root of the component it joins (summed along the chosen edges
+       by pointer jumping); a voxel's turns are these offsets summed over the
+       rounds.
+
+    References
+    ----------
+    Boruvka O. O jistem problemu minimalnim. Prace Mor Prirodoved Spol 1926;3:37-58.
+    Tarjan RE. Data structures and network algorithms. SIAM 1983, chapter 6
+    (the cycle property, and Boruvka's algorithm with contraction).
+    """
+    shape = region.shape
+    n_voxels = region.size
+    strides = (shape[1] * shape[2], shape[2], 1)
+    flat_phase = wrapped.reshape(-1)
+    # Turns of the step across each edge: d = turns[upper] - turns[lower] when
+    # the lower voxel is the parent, and -d the other way round (rint is odd).
+    steps = []
+    for stride in strides:
+        step = np.zeros(n_voxels, dtype=np.int8)
+        if n_voxels > stride:
+            step[:-stride] = np.rint((flat_phase[:-stride] - flat_phase[stride:]) * np.float32(1 / TWO_PI))
+        steps.append(step)
+
+    flat_weights = [level.reshape(-1) for level in weights]
+    label, offset, n_components = _grid_round(flat_weights, steps, strides)
+    rounds = [(label, offset)]
+    # The edges left: those between different components, less the worst of
+    # each grid square, with their steps between the components' roots and
+    # their keys in the total order.
+    crossing = []
+    for axis, stride in enumerate(strides):
+        level = np.zeros(n_voxels, dtype=np.uint8)
+        np.copyto(level[:-stride], flat_weights[axis][:-stride], where=label[:-stride] != label[stride:])
+        crossing.append(level)
+    _drop_square_maxima(crossing, flat_weights, strides)
+    lower, upper, key, step = [], [], [], []
+    for axis, stride in enumerate(strides):
+        flat_level = crossing[axis]
+        voxel = np.flatnonzero(flat_level)
+        lower.append(label[voxel])
+        upper.append(label[voxel + stride])
+        key.append(_edge_key(flat_level[voxel], voxel, axis, n_voxels))
+        step.append(steps[axis][voxel] + offset[voxel] - offset[voxel + stride])
+    lower, upper = np.concatenate(lower), np.concatenate(upper)
+    key, step = np.concatenate(key), np.concatenate(step)
+    del crossing, steps, label, offset
+
+    while lower.size:
+        best = np.full(n_components, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(best, lower, key)
+        np.minimum.at(best, upper, key)
+        parent = np.arange(n_components, dtype=np.int32)
+        relative = np.zeros(n_components, dtype=np.int32)
+        chosen = key == best[lower]             # the best edge of its lower component
+        parent[lower[chosen]] = upper[chosen]
+        relative[lower[chosen]] = -step[chosen]
+        chosen = key == best[upper]             # the best edge of its upper component
+        parent[upper[chosen]] = lower[chosen]
+        relative[upper[chosen]] = step[chosen]
+        label, offset, n_components = _merge_components(parent, relative)
+        rounds.append((label, offset))
+        # New label and offset of both ends, one gather each (packed in an int64).
+        packed = np.empty((label.size, 2), dtype=np.int32)
+        packed[:, 0] = label
+        packed[:, 1] = offset
+        records = packed.view(np.int64).ravel()
+        ends = records[lower].view(np.int32).reshape(-1, 2)
+        lower = ends[:, 0].copy()
+        step += ends[:, 1]
+        ends = records[upper].view(np.int32).reshape(-1, 2)
+        upper = ends[:, 0].copy()
+        step -= ends[:, 1]
+        del ends, packed, records
+        inner = lower != upper
+        lower, upper, key, step = lower[inner], upper[inner], key[inner], step[inner]
+
+    total = np.zeros(n_components, dtype=np.int32)
+    for label, offset in reversed(rounds):
+        total = offset + total[label]
+    turns = total.reshape(shape)[region]
+    # Relative to each component's first voxel: labels appear in raster order,
+    # so that voxel is where the running maximum of the labels first reaches it.
     voxel_labels = labels[region]
     seeds = np.searchsorted(np.maximum.accumulate(voxel_labels),
-                            np.arange(1, int(voxel_labels.max()) + 1)).astype(np.int32)
-    del voxel_labels
-    n_edges = level.size
-    root = n_voxels
-    index_type = np.int32 if n_edges + seeds.size < np.iinfo(np.int32).max else np.int64
-    indptr = np.zeros(n_voxels + 2, dtype=index_type)
-    np.cumsum(row_counts, out=indptr[1:-1])
-    indptr[-1] = indptr[-2] + seeds.size
-    del row_counts
-    indices = np.empty(n_edges + seeds.size, dtype=index_type)
-    indices[:n_edges] = target
-    indices[n_edges:] = seeds
-    del target
-    # Cost rises as the weight falls; voxel order breaks ties, so that the tree
-    # does not depend on the sorting algorithm (the key is exact in float64).
-    cost = np.arange(n_edges + seeds.size, dtype=np.float64)
-    cost[:n_edges] += (np.float64(WEIGHT_LEVELS + 1) - level) * _TIE_SCALE
-    cost[n_edges:] = 1.0
-    del level
-    graph = csr_matrix((cost, indices, indptr), shape=(n_voxels + 1, n_voxels + 1))
-    del cost, indices, indptr
-    tree = minimum_spanning_tree(graph, overwrite=True)
-    del graph
-    _, parent = breadth_first_order(tree, root, directed=False, return_predecessors=True)
-    del tree
-
-    # Turn from the parent (0 for the seeds, which hang from the root).
-    values = wrapped[region]
-    parent = parent.astype(np.int32)
-    parent[root] = root
-    has_parent = parent[:root] != root
-    step = np.zeros(root + 1, dtype=np.int32)
-    step[:root][has_parent] = np.rint(
-        (values[parent[:root][has_parent]] - values[has_parent]) * np.float32(1 / TWO_PI))
-    return _sum_to_root(step, parent, root)[:root]
+                            np.arange(1, int(voxel_labels.max()) + 1))
+    turns -= turns[seeds][voxel_labels - 1]
+    return turns
 
 
-def _sum_to_root(step, parent, root):
-    """``total[n] = step[n] + total[parent[n]]``, with ``total[root] = 0``, by pointer jumping.
+def _edge_key(level, voxel, axis, n_voxels):
+    """Position of edges in the total order (int64): best weight first, then by index."""
+    return (np.int64(WEIGHT_LEVELS) - level.astype(np.int64)) * np.int64(3 * n_voxels) \
+        + (3 * voxel.astype(np.int64) + (2 - axis))
 
-    After pass k every voxel holds the sum over its 2**k nearest ancestors and
-    points 2**k levels up. Pointer and sum are packed into one int64 per
-    voxel, so that each pass gathers both with one random memory access (the
-    cost of a pass); once most voxels point at the root, only the others are
-    updated.
+
+def _drop_square_maxima(levels, weights, strides):
+    """Drop (set to 0 in ``levels``) the worst edge between components of each grid square.
+
+    ``levels`` (flat, one per axis) are the weights of the edges between
+    different components, 0 for the others, and ``weights`` (flat) those of
+    all edges. Around a grid square whose four edges exist, the edges between
+    components form a closed walk of the graph with every component
+    contracted to one node, so the worst of them (lowest weight, then highest
+    index) is in no maximum spanning tree of that graph (cycle property):
+    dropping all such edges at once leaves the tree unchanged.
     """
-    packed = np.empty((step.size, 2), dtype=np.int32)
+    # 256 - weight for an edge between components (1 = best), 0 for the others:
+    # the worst edge of a square has the highest badness.
+    badness = [np.negative(level) for level in levels]
+    exists = [level > 0 for level in weights]
+    n_voxels = levels[0].size
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        size = n_voxels - strides[a]
+        # The four edges in increasing index (a < b, so stride a > stride b):
+        # b-edge at v, a-edge at v, a-edge at v + e_b, b-edge at v + e_a. An
+        # edge at v exists only if v is not on the last slice of its axis, so
+        # the shifted flat ranges never wrap into a square that is not there.
+        where = ((b, 0), (a, 0), (a, strides[b]), (b, strides[a]))
+        closed = exists[b][:size] & exists[a][:size]
+        closed &= exists[a][strides[b]:strides[b] + size]
+        closed &= exists[b][strides[a]:]
+        square = [badness[axis][shift:shift + size] for axis, shift in where]
+        worst = np.maximum(np.maximum(square[0], square[1]), np.maximum(square[2], square[3]))
+        closed &= worst > 0
+        for value, (axis, shift) in zip(reversed(square), reversed(where)):
+            hit = closed & (value == worst)
+            levels[axis][shift:shift + size][hit] = 0
+            closed &= ~hit
+
+
+def _grid_round(flat_levels, steps, strides):
+    """First Boruvka round on the voxel grid: every voxel joins through its best edge.
+
+    Returns the component label of every voxel, the turns of each voxel
+    relative to its component's root, and the number of components.
+    """
+    n_voxels = flat_levels[0].size
+    # A voxel's six edges in increasing index: backward along x, y, z, forward along z, y, x.
+    incident = []
+    for axis in (0, 1, 2):
+        stride = strides[axis]
+        backward = np.zeros(n_voxels, dtype=np.uint8)
+        backward[stride:] = flat_levels[axis][:-stride]
+        incident.append((backward, axis, -stride))
+    for axis in (2, 1, 0):
+        incident.append((flat_levels[axis], axis, strides[axis]))
+    best = incident[0][0].copy()
+    for level, _, _ in incident[1:]:
+        np.maximum(best, level, out=best)
+    choice = np.full(n_voxels, -1, dtype=np.int8)
+    for number in range(5, -1, -1):             # the first edge of the best weight wins
+        choice[incident[number][0] == best] = number
+    choice[best == 0] = -1
+    del best
+    parent = np.arange(n_voxels, dtype=np.int32)
+    relative = np.zeros(n_voxels, dtype=np.int32)
+    for number, (_, axis, shift) in enumerate(incident):
+        voxel = np.flatnonzero(choice == number)
+        parent[voxel] += shift
+        if shift > 0:
+            relative[voxel] = -steps[axis][voxel]
+        else:
+            relative[voxel] = steps[axis][voxel + shift]
+    return _merge_components(parent, relative)
+
+
+def _merge_components(parent, relative):
+    """Components after one Boruvka round, from every component's chosen neighbour.
+
+    ``parent[c]`` is the component that ``c`` joins (``c`` itself if it has no
+    edge) and ``relative[c]`` the turns of ``c``'s root relative to
+    ``parent[c]``'s root. Two components that chose the same edge point at
+    each other; the smaller one becomes the root of the merged component.
+    Returns new compact labels, each component's turns relative to the root
+    of its merged component, and the number of merged components.
+    """
+    own = np.arange(parent.size, dtype=np.int32)
+    mutual = (parent[parent] == own) & (own < parent)
+    parent[mutual] = own[mutual]
+    relative[mutual] = 0
+    root, offset = _jump_to_roots(parent, relative)
+    is_root = root == own
+    new_label = np.cumsum(is_root, dtype=np.int32) - 1
+    return new_label[root], offset, int(new_label[-1]) + 1
+
+
+def _jump_to_roots(parent, step):
+    """Root of every node of a forest and the sum of ``step`` along the path to it, by pointer jumping.
+
+    ``parent[root] == root`` and ``step[root] == 0``. After pass k every node
+    holds the sum over its 2**k nearest ancestors and points 2**k levels up.
+    Pointer and sum are packed into one int64 per node, so that each pass
+    gathers both with one random memory access; only the nodes whose parent
+    is not yet a root are updated.
+    """
+    packed = np.empty((parent.size, 2), dtype=np.int32)
     packed[:, 0] = parent
     packed[:, 1] = step
-    packed[root] = (root, 0)
     records = packed.view(np.int64).ravel()
-    pending = np.count_nonzero(packed[:, 0] != root)
-    while pending > step.size // 4:
-        gathered = records[packed[:, 0]].view(np.int32).reshape(-1, 2)
-        packed[:, 1] += gathered[:, 1]
-        packed[:, 0] = gathered[:, 0]
-        pending = np.count_nonzero(packed[:, 0] != root)
-    active = np.flatnonzero(packed[:, 0] != root)
+    active = np.flatnonzero(parent[parent] != parent)
     while active.size:
         gathered = records[packed[active, 0]].view(np.int32).reshape(-1, 2)
         packed[active, 1] += gathered[:, 1]
-        packed[active, 0] = gathered[:, 0]
-        active = active[packed[active, 0] != root]
-    return packed[:, 1].copy()
+        pointer = gathered[:, 0]
+        packed[active, 0] = pointer
+        active = active[packed[pointer, 0] != pointer]
+    return packed[:, 0].copy(), packed[:, 1].copy()
