@@ -281,7 +281,7 @@ def phase_quality_core(candidate, quality, quality_fraction=QUALITY_FRACTION):
     """
     level = float(np.median(quality[candidate]))
     good = candidate & (quality >= quality_fraction * level)
-    return ndimage.binary_fill_holes(good) & candidate
+    return fill_holes(good) & candidate
 
 
 def fill_small_holes(mask, max_fraction):
@@ -469,15 +469,40 @@ def fill_holes_3d_and_slices(mask):
         return filled
     # Everything beyond the bounding box is background, so filling inside it is exact.
     box = bounding_box(mask)
-    part = ndimage.binary_fill_holes(mask[box])
+    part = fill_holes(mask[box])
     for axis in range(3):
-        for index in range(part.shape[axis]):
-            plane = [slice(None)] * 3
-            plane[axis] = index
-            plane = tuple(plane)
-            part[plane] = ndimage.binary_fill_holes(part[plane])
+        part = fill_holes(part, plane_normal=axis)
     filled[box] = part
     return filled
+
+
+def fill_holes(mask, plane_normal=None):
+    """Fill the holes of a boolean mask: background not face-connected to the array's border.
+
+    The same as :func:`scipy.ndimage.binary_fill_holes` with its default
+    (face) connectivity, done by one labelling of the background instead of
+    a dilation repeated until it stops. With ``plane_normal`` (an axis), every
+    2D slice across that axis is filled on its own (holes in the plane,
+    bounded by the slice's edges), all slices at once.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    border_axes = list(range(mask.ndim))
+    if plane_normal is not None:
+        centre = [1] * mask.ndim
+        for offset in (0, 2):
+            centre[plane_normal] = offset
+            structure[tuple(centre)] = False
+        border_axes.remove(plane_normal)
+    background, count = ndimage.label(~mask, structure)
+    if count == 0:
+        return mask.copy()
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in border_axes:
+        for index in (0, -1):
+            outside[np.take(background, index, axis=axis)] = True
+    outside[0] = False                                  # label 0: the mask itself
+    return ~outside[background]
 
 
 def bounding_box(mask):
@@ -508,7 +533,7 @@ def _brain_body(candidate, voxel_size):
 
     factors = [max(1, int(round(BODY_GRID_MM / d))) for d in voxel_size]
     # Enclosed dark structures (deep veins) would split the brain's distance map.
-    coarse = ndimage.binary_fill_holes(_block_majority(candidate, factors))
+    coarse = fill_holes(_block_majority(candidate, factors))
     if not coarse.any():
         return np.ones(candidate.shape, dtype=bool)
     spacing = [f * d for f, d in zip(factors, voxel_size)]
@@ -519,9 +544,16 @@ def _brain_body(candidate, voxel_size):
         return np.ones(candidate.shape, dtype=bool)
     bodies = watershed(-depth, markers, mask=coarse)
 
-    deepest = np.asarray(ndimage.maximum_position(depth, bodies, np.arange(1, n_bodies + 1)),
-                         dtype=np.float64) * spacing
-    brain = int(np.argmax(ndimage.maximum(depth, bodies, np.arange(1, n_bodies + 1)))) + 1
+    # Each body's greatest depth and its first voxel (raster order) at that depth.
+    flat_depth, flat_bodies = depth.ravel(), bodies.ravel()
+    peak = np.full(n_bodies + 1, -np.inf)
+    np.maximum.at(peak, flat_bodies, flat_depth)
+    at_peak = np.flatnonzero((flat_depth == peak[flat_bodies]) & (flat_bodies > 0))
+    found, first = np.unique(flat_bodies[at_peak], return_index=True)
+    deepest = np.zeros((n_bodies, 3))
+    deepest[found - 1] = np.column_stack(np.unravel_index(at_peak[first], depth.shape))
+    deepest *= spacing
+    brain = int(np.argmax(peak[1:])) + 1
     points = np.argwhere(bodies == brain) * np.asarray(spacing)
     centre = points.mean(axis=0)
     # A uniform solid ellipsoid with semi-axes a_i has variances a_i^2 / 5.
