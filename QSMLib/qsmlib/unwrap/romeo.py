@@ -150,11 +150,11 @@ def unwrap_romeo(phase, mask=None, voxel_size=(1, 1, 1), *, magnitude=None, phas
 
     box = bounding_box(mask)
     region = np.ascontiguousarray(mask[box])
-    wrapped = wrap_to_pi(phase[box], np.float32)
+    wrapped = _wrapped(phase[box])
     weights = edge_weights(
         wrapped, region,
         magnitude=None if magnitude is None else magnitude[box],
-        phase2=None if phase2 is None else wrap_to_pi(phase2[box], np.float32),
+        phase2=None if phase2 is None else _wrapped(phase2[box]),
         te_ratio=te_ratio)
     labels, n_components = ndimage.label(region)
     turns = _spanning_tree_turns(wrapped, region, weights, labels)
@@ -190,39 +190,56 @@ def edge_weights(wrapped, region, *, magnitude=None, phase2=None, te_ratio=None)
     if magnitude is not None:
         level = float(np.percentile(magnitude[region], MAGNITUDE_REFERENCE_PERCENTILE))
         reference = np.float32(MAGNITUDE_REFERENCE_FRACTION * level) if level > 0 else None
-    inv_pi = np.float32(1 / np.pi)
     weights = []
     for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-
-        step = _wrapped_step(wrapped, lo, hi)
-        weight = np.float32(1) - np.abs(step) * inv_pi
-        if phase2 is not None:
-            step2 = _wrapped_step(phase2, lo, hi)
-            step2 *= np.float32(1 / te_ratio)
-            step -= step2
-            np.abs(step, out=step)
-            weight *= np.maximum(np.float32(1) - step, np.float32(0))
-        del step
-        if magnitude is not None:
-            small = np.minimum(magnitude[lo], magnitude[hi])
-            large = np.maximum(magnitude[lo], magnitude[hi])
-            weight *= np.divide(small, large, out=np.zeros_like(small), where=large > 0)
-            if reference is not None:
-                weight *= np.minimum(small / reference, np.float32(1))
-            del small, large
-
-        level = np.rint(weight * np.float32(WEIGHT_LEVELS))
-        np.clip(level, 1, WEIGHT_LEVELS, out=level)
-        edge = region[lo] & region[hi]
-        quantised = np.zeros(wrapped.shape, dtype=np.uint8)
-        quantised[lo] = np.where(edge, level, 0)
-        weights.append(quantised)
+        lo, hi = _halves(axis)
+        step2 = None if phase2 is None else _wrapped_step(phase2, lo, hi)
+        weights.append(_quantised_weight(_wrapped_step(wrapped, lo, hi), step2, te_ratio, region, lo, hi,
+                                         magnitude=magnitude, reference=reference))
     return weights
+
+
+def _halves(axis):
+    """Index tuples of the lower and upper voxel of every edge along ``axis``."""
+    lo = [slice(None)] * 3
+    hi = [slice(None)] * 3
+    lo[axis] = slice(0, -1)
+    hi[axis] = slice(1, None)
+    return tuple(lo), tuple(hi)
+
+
+def _quantised_weight(step, step2, te_ratio, region, lo, hi, *, magnitude=None, reference=None):
+    """Quantised weights (uint8, full shape) of the edges along one axis, from their wrapped steps.
+
+    ``step`` (overwritten) and ``step2`` are the wrapped phase steps of the
+    two echoes (``step2`` None for the phase coherence alone), ``lo`` and
+    ``hi`` the index tuples of :func:`_halves`.
+    """
+    weight = np.abs(step)
+    weight *= np.float32(1 / np.pi)
+    np.subtract(np.float32(1), weight, out=weight)
+    if step2 is not None:
+        scaled = np.multiply(step2, np.float32(1 / te_ratio))
+        step -= scaled
+        np.abs(step, out=step)
+        np.subtract(np.float32(1), step, out=step)
+        np.maximum(step, np.float32(0), out=step)
+        weight *= step
+        del scaled
+    del step
+    if magnitude is not None:
+        small = np.minimum(magnitude[lo], magnitude[hi])
+        large = np.maximum(magnitude[lo], magnitude[hi])
+        weight *= np.divide(small, large, out=np.zeros_like(small), where=large > 0)
+        if reference is not None:
+            weight *= np.minimum(small / reference, np.float32(1))
+        del small, large
+    weight *= np.float32(WEIGHT_LEVELS)
+    np.rint(weight, out=weight)
+    np.clip(weight, 1, WEIGHT_LEVELS, out=weight)
+    quantised = np.zeros(region.shape, dtype=np.uint8)
+    np.copyto(quantised[lo], weight, casting="unsafe", where=region[lo] & region[hi])
+    return quantised
 
 
 def voxel_quality(phase4d, te_s, mask=None):
@@ -289,36 +306,31 @@ def voxel_quality(phase4d, te_s, mask=None):
     box = bounding_box(mask)
     region = np.ascontiguousarray(mask[box])
     pairs = [(echo, echo + 1) for echo in range(n_echoes - 1)] or [(0, None)]
+    wrapped = [_wrapped(phase4d[box + (echo,)]) for echo in range(n_echoes)]
+    # Per pair, the sum of the weights of each voxel's edges (exact in float32),
+    # axis by axis so that each echo's steps are computed once; and the number
+    # of edges (which the weights, all >= 1, do not change).
+    sums = np.zeros((len(pairs),) + region.shape, dtype=np.float32)
+    count = np.zeros(region.shape, dtype=np.float32)
+    for axis in range(3):
+        lo, hi = _halves(axis)
+        steps = [_wrapped_step(phase, lo, hi) for phase in wrapped]
+        edge = (region[lo] & region[hi]).astype(np.float32)
+        count[lo] += edge
+        count[hi] += edge
+        for number, (first, second) in enumerate(pairs):
+            weight = _quantised_weight(
+                steps[first].copy(), None if second is None else steps[second],
+                None if second is None else te[second] / te[first], region, lo, hi)
+            value = weight[lo].astype(np.float32)
+            sums[number][lo] += value       # the edge towards index + 1 ...
+            sums[number][hi] += value       # ... and the same edge seen from its other end
     total = np.zeros(region.shape, dtype=np.float32)
-    for first, second in pairs:
-        weights = edge_weights(
-            wrap_to_pi(phase4d[box + (first,)], np.float32), region,
-            phase2=None if second is None else wrap_to_pi(phase4d[box + (second,)], np.float32),
-            te_ratio=None if second is None else te[second] / te[first])
-        total += _mean_edge_weight(weights)
+    for pair_sum in sums:
+        total += np.divide(pair_sum, count, out=np.zeros(region.shape, dtype=np.float32), where=count > 0)
     out = np.zeros(shape, dtype=np.float32)
     out[box] = total * np.float32(1 / (len(pairs) * WEIGHT_LEVELS))
     return out
-
-
-def _mean_edge_weight(weights):
-    """Mean of the weights (0 = no edge) of the edges at each voxel, from :func:`edge_weights`."""
-    shape = weights[0].shape
-    total = np.zeros(shape, dtype=np.float32)
-    count = np.zeros(shape, dtype=np.float32)
-    for axis, weight in enumerate(weights):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        lo, hi = tuple(lo), tuple(hi)
-        value = weight.astype(np.float32)
-        present = (weight > 0).astype(np.float32)
-        total += value                  # the edge towards index + 1 ...
-        total[hi] += value[lo]          # ... and the same edge seen from its other end
-        count += present
-        count[hi] += present[lo]
-    return np.divide(total, count, out=np.zeros(shape, dtype=np.float32), where=count > 0)
 
 
 def unwrap_echoes_temporal(phase4d, te_s, mask=None, voxel_size=(1, 1, 1), *, magnitude=None,
@@ -481,6 +493,15 @@ def _matching(array, name, shape):
         raise QSMInputError(f"{name}: shape {array.shape} does not match the phase shape "
                             f"{tuple(shape)}; give it on the same voxel grid")
     return array
+
+
+def _wrapped(phase):
+    """``phase`` wrapped to [-pi, pi) as float32: :func:`~qsmlib.phase.wrap_to_pi`, or a plain
+    copy (the same values) when every value is in that range already, as scanner phase is."""
+    phase = np.asarray(phase)
+    if phase.dtype == np.float32 and phase.size and float(phase.min()) >= -np.pi and float(phase.max()) < np.pi:
+        return phase.copy()
+    return wrap_to_pi(phase, np.float32)
 
 
 def _wrapped_step(values, lo, hi):
