@@ -207,3 +207,23 @@ def test_deep_voxels_on_the_bounding_box_equal_the_full_distance_transform(head)
     for depth_mm in (0.5, 6.0, 15.0):
         full = mask & (ndimage.distance_transform_edt(mask, sampling=phantom.voxel_size_mm) >= depth_mm)
         np.testing.assert_array_equal(deep_voxels(mask, phantom.voxel_size_mm, depth_mm), full)
+
+
+@pytest.mark.parametrize("voxel_size, depth_mm", [((1, 1, 1), 5.0), ((0.9375, 0.9375, 1.5), 4.0), ((2, 2, 2), 6.0),
+                                                   ((1, 1, 1), 3.0)])
+def test_deep_voxels_by_fft_erosion_equal_the_distance_transform_at_exact_distances(voxel_size, depth_mm):
+    # Smooth random blobs; at 1 mm, 5 mm and 3 mm are exact distances of integer offsets
+    # ((3, 4, 0), (0, 0, 3)): a voxel exactly depth_mm from the background is deep.
+    from scipy import ndimage
+
+    from qsmlib.plausibility import deep_voxels
+
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        shape = tuple(rng.integers(20, 50, 3))
+        mask = ndimage.gaussian_filter(rng.random(shape), 3) > 0.45
+        padded = np.pad(mask, 1)                # outside the volume counts as background
+        depth = ndimage.distance_transform_edt(padded, sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+        expected = mask & (depth >= depth_mm)
+        assert 0 < np.count_nonzero(expected) < np.count_nonzero(mask)
+        np.testing.assert_array_equal(deep_voxels(mask, voxel_size, depth_mm), expected)
