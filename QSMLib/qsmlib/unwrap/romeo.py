@@ -593,7 +593,7 @@ def _spanning_tree_turns(wrapped, region, weights, labels):
         chosen = key == best[upper]             # the best edge of its upper component
         parent[upper[chosen]] = lower[chosen]
         relative[upper[chosen]] = step[chosen]
-        label, offset, n_components = _merge_components(parent, relative)
+        label, offset, n_components = _merge_components(parent, relative, best != np.iinfo(np.int64).max)
         rounds.append((label, offset))
         # New label and offset of both ends, one gather each (packed in an int64).
         packed = np.empty((label.size, 2), dtype=np.int32)
@@ -697,27 +697,33 @@ def _grid_round(flat_levels, steps, strides):
             relative[voxel] = -steps[axis][voxel]
         else:
             relative[voxel] = steps[axis][voxel + shift]
-    return _merge_components(parent, relative)
+    return _merge_components(parent, relative, choice >= 0)
 
 
-def _merge_components(parent, relative):
+def _merge_components(parent, relative, active):
     """Components after one Boruvka round, from every component's chosen neighbour.
 
     ``parent[c]`` is the component that ``c`` joins (``c`` itself if it has no
     edge) and ``relative[c]`` the turns of ``c``'s root relative to
     ``parent[c]``'s root. Two components that chose the same edge point at
     each other; the smaller one becomes the root of the merged component.
+    Components without an edge (``active`` False) are finished: they all take
+    one last label, a placeholder that later rounds carry along unchanged,
+    so that they cost nothing there (most of a masked box).
     Returns new compact labels, each component's turns relative to the root
-    of its merged component, and the number of merged components.
+    of its merged component, and the number of labels.
     """
     own = np.arange(parent.size, dtype=np.int32)
     mutual = (parent[parent] == own) & (own < parent)
     parent[mutual] = own[mutual]
     relative[mutual] = 0
     root, offset = _jump_to_roots(parent, relative)
-    is_root = root == own
-    new_label = np.cumsum(is_root, dtype=np.int32) - 1
-    return new_label[root], offset, int(new_label[-1]) + 1
+    new_root = (root == own) & active
+    new_label = np.cumsum(new_root, dtype=np.int32) - 1
+    finished = int(new_label[-1]) + 1
+    label = new_label[root]
+    label[~active] = finished
+    return label, offset, finished + 1
 
 
 def _jump_to_roots(parent, step):
