@@ -437,6 +437,15 @@ def erode_mask(mask, voxel_size, radius_mm, *, padded_shape=None, mask_ft=None):
     if ball.size == 1:
         return mask.copy()
     count = int(ball.sum())
+    if padded_shape is None and mask_ft is None:
+        # Only voxels of the mask can stay, and their spheres count only mask
+        # voxels: the FFTs run on the mask's bounding box (zero-padded as before).
+        eroded = np.zeros(mask.shape, dtype=bool)
+        if mask.any():
+            box = bounding_box(mask)
+            part = mask[box]
+            eroded[box] = (_sphere_sum(part, voxel_size, radius_mm) > count - 0.5) & part
+        return eroded
     total = _sphere_sum(mask, voxel_size, radius_mm, padded_shape, mask_ft)
     return (total > count - 0.5) & mask
 
@@ -447,9 +456,17 @@ def dilate_mask(mask, voxel_size, radius_mm):
     Returns the voxels whose sphere holds at least one voxel of ``mask``.
     """
     mask, voxel_size, radius_mm = _morphology_args(mask, voxel_size, radius_mm)
-    if _sphere_structure(voxel_size, radius_mm).size == 1:
+    ball = _sphere_structure(voxel_size, radius_mm)
+    if ball.size == 1 or not mask.any():
         return mask.copy()
-    return (_sphere_sum(mask, voxel_size, radius_mm) > 0.5) | mask
+    # Only voxels within the sphere's half-width of the mask's bounding box can
+    # join: the FFTs run on that box (zero-padded as before).
+    box = tuple(slice(max(0, part.start - (b - 1) // 2), min(n, part.stop + (b - 1) // 2))
+                for part, b, n in zip(bounding_box(mask), ball.shape, mask.shape))
+    dilated = np.zeros(mask.shape, dtype=bool)
+    part = mask[box]
+    dilated[box] = (_sphere_sum(part, voxel_size, radius_mm) > 0.5) | part
+    return dilated
 
 
 def largest_component(mask):
