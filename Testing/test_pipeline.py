@@ -1,16 +1,18 @@
 """End to end: the pipeline and the qsm command on the simulated head against its ground truth."""
 
 import json
+import threading
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from qsmlib import Cancelled, pipeline
+from qsmlib import Cancelled, fourier, pipeline
 from qsmlib.cli import EXIT_CANCELLED, main
 from qsmlib.constants import hz_per_ppm
 from qsmlib.dipole import b0_direction_from_affine
 from qsmlib.inversion import tv_admm
+from qsmlib.masking import bounding_box
 from qsmlib.metrics import nrmse
 from qsmlib.pipeline import reconstruct
 from qsmlib.simulation import load_head_phantom, simulate_gre
@@ -369,3 +371,36 @@ def test_discrepancy_rule_uses_the_echo_fit_noise(head_2mm):
     with pytest.raises(pipeline.QSMInputError, match="noise SD"):
         reconstruct(local_field_hz=result.local_field_hz, mask=result.mask, b0_t=sim.b0_t,
                     voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
+
+
+def test_each_stage_reports_its_cost_in_fft_pairs_of_its_own_grid(head_2mm):
+    """Known counts: CGLS for PDF runs one FFT pair for its first gradient, two per iteration and one
+    for the final background field; TKD one pair; all on the padded grid of the mask's bounding box."""
+    _, sim = head_2mm
+    iterations = 7
+    result = _reconstruct(sim, config=pipeline.PipelineConfig(
+        bgremove="pdf", inversion="tkd", options={"pdf": {"max_iter": iterations, "tol": 0.0}}))
+    stages = {s["stage"]: s for s in result.provenance["stages"]}
+    pdf_stage, tkd_stage = stages["background removal"], stages["dipole inversion"]
+    assert pdf_stage["iterations"] == iterations
+    assert pdf_stage["fft_pairs"] == 2 * iterations + 2
+    assert tkd_stage["fft_pairs"] == 1
+    box = [s.stop - s.start for s in bounding_box(result.mask)]
+    # TKD pads the box by 12 voxels, PDF by 30 mm (15 voxels at 2 mm), then round up to a fast size
+    assert tkd_stage["fft_grid"] == list(fourier.padded_shape(box, 12))
+    assert pdf_stage["fft_grid"] == list(fourier.padded_shape(box, 15))
+    assert "fft_pairs" not in stages["referencing"]
+
+
+def test_fft_tallies_nest_and_count_only_their_own_thread():
+    """Both open tallies count a transform; a transform in another thread is not counted."""
+    x = np.ones((8, 6, 4), dtype=np.float32)
+    with fourier.fft_tally() as outer:
+        fourier.irfft(fourier.rfft(x), x.shape)
+        with fourier.fft_tally() as inner:
+            fourier.rfft(x, (10, 6, 4))
+            worker = threading.Thread(target=lambda: fourier.rfft(x))
+            worker.start()
+            worker.join()
+    assert outer == {(8, 6, 4): 2, (10, 6, 4): 1}
+    assert inner == {(10, 6, 4): 1}

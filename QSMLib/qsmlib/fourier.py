@@ -7,6 +7,8 @@ padded grid, so circular wrap-around falls into the padding. Every FFT runs on
 :func:`fft_workers` threads (set them with :func:`qsmlib.set_threads`).
 """
 
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -49,12 +51,43 @@ def crop(array, shape):
 
 def rfft(array, shape=None):
     """Real 3D FFT of ``array`` zero-padded to ``shape``."""
+    grid = tuple(array.shape) if shape is None else tuple(shape)
+    _tally_transform(grid)
     return sfft.rfftn(array, s=shape, workers=fft_workers())
 
 
 def irfft(spectrum, shape):
     """Inverse of :func:`rfft` onto the padded ``shape`` (crop the result yourself)."""
+    _tally_transform(tuple(shape))
     return sfft.irfftn(spectrum, s=shape, workers=fft_workers())
+
+
+_open_tallies = threading.local()
+
+
+@contextmanager
+def fft_tally():
+    """Count the real FFTs that :func:`rfft` and :func:`irfft` run in this thread within the block.
+
+    Yields a dict that fills up as the block runs: ``{grid shape: number of
+    transforms}``, one forward or one inverse transform counting 1 (a pair is
+    2). Tallies nest; each counts every transform of its block. The pipeline
+    reports each stage's cost in FFT pairs of its own grid with it (issue 16).
+    """
+    tally = {}
+    stack = getattr(_open_tallies, "stack", None)
+    if stack is None:
+        stack = _open_tallies.stack = []
+    stack.append(tally)
+    try:
+        yield tally
+    finally:
+        stack.remove(tally)
+
+
+def _tally_transform(grid):
+    for tally in getattr(_open_tallies, "stack", ()):
+        tally[grid] = tally.get(grid, 0) + 1
 
 
 @lru_cache(maxsize=8)

@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from . import __version__, parallel
+from . import __version__, fourier, parallel
 from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
 from .constants import hz_per_ppm, hz_to_ppm
 from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
@@ -221,8 +221,15 @@ class StageRecorder:
                 # 1.0 is reserved for the end of the stage
                 self._report(stage, min(iteration / max_iter, 0.99))
 
-        yield callback, record
+        with fourier.fft_tally() as tally:
+            yield callback, record
         record["time_s"] = round(time.perf_counter() - start, 3)
+        if tally:
+            # the stage's cost in real FFT pairs (forward + inverse) of its largest grid
+            grid = max(tally, key=lambda shape: int(np.prod(shape)))
+            record["fft_grid"] = list(grid)
+            record["fft_pairs"] = round(float(sum(n * np.prod(shape) for shape, n in tally.items())
+                                              / (2.0 * np.prod(grid))), 1)
         if max_iter and "iterations" in record:
             record["converged"] = record["iterations"] < max_iter
         self.stages.append(record)
