@@ -215,9 +215,27 @@ def _quantised_weight(step, step2, te_ratio, region, lo, hi, *, magnitude=None, 
     two echoes (``step2`` None for the phase coherence alone), ``lo`` and
     ``hi`` the index tuples of :func:`_halves`.
     """
+    levels = _edge_levels(_phase_coherence(step), step, step2, te_ratio, lo, hi,
+                          magnitude=magnitude, reference=reference)
+    quantised = np.zeros(region.shape, dtype=np.uint8)
+    np.copyto(quantised[lo], levels, casting="unsafe", where=region[lo] & region[hi])
+    return quantised
+
+
+def _phase_coherence(step):
+    """ROMEO's phase coherence ``1 - |step| / pi`` of wrapped steps (float32, a new array)."""
     weight = np.abs(step)
     weight *= np.float32(1 / np.pi)
     np.subtract(np.float32(1), weight, out=weight)
+    return weight
+
+
+def _edge_levels(weight, step, step2, te_ratio, lo, hi, *, magnitude=None, reference=None):
+    """The edge weights quantised to 1..255 (float32), from the phase coherence ``weight``.
+
+    ``weight`` and ``step`` are overwritten; the other terms of
+    :func:`unwrap_romeo`'s weight multiply ``weight`` in a fixed order.
+    """
     if step2 is not None:
         scaled = np.multiply(step2, np.float32(1 / te_ratio))
         step -= scaled
@@ -237,9 +255,7 @@ def _quantised_weight(step, step2, te_ratio, region, lo, hi, *, magnitude=None, 
     weight *= np.float32(WEIGHT_LEVELS)
     np.rint(weight, out=weight)
     np.clip(weight, 1, WEIGHT_LEVELS, out=weight)
-    quantised = np.zeros(region.shape, dtype=np.uint8)
-    np.copyto(quantised[lo], weight, casting="unsafe", where=region[lo] & region[hi])
-    return quantised
+    return weight
 
 
 def voxel_quality(phase4d, te_s, mask=None):
@@ -315,14 +331,17 @@ def voxel_quality(phase4d, te_s, mask=None):
     for axis in range(3):
         lo, hi = _halves(axis)
         steps = [_wrapped_step(phase, lo, hi) for phase in wrapped]
-        edge = (region[lo] & region[hi]).astype(np.float32)
+        coherence = [_phase_coherence(step) for step in steps[:len(pairs)]]
+        edge = region[lo] & region[hi]
+        everywhere = bool(edge.all())
         count[lo] += edge
         count[hi] += edge
         for number, (first, second) in enumerate(pairs):
-            weight = _quantised_weight(
-                steps[first].copy(), None if second is None else steps[second],
-                None if second is None else te[second] / te[first], region, lo, hi)
-            value = weight[lo].astype(np.float32)
+            value = _edge_levels(
+                coherence[first], steps[first].copy(), None if second is None else steps[second],
+                None if second is None else te[second] / te[first], lo, hi)
+            if not everywhere:
+                value[~edge] = 0
             sums[number][lo] += value       # the edge towards index + 1 ...
             sums[number][hi] += value       # ... and the same edge seen from its other end
     total = np.zeros(region.shape, dtype=np.float32)
