@@ -556,7 +556,16 @@ def _brain_body(candidate, voxel_size):
     spacing = [f * d for f, d in zip(factors, voxel_size)]
     # Outside the field of view counts as background.
     depth = ndimage.distance_transform_edt(np.pad(coarse, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    markers, n_bodies = ndimage.label(h_maxima(depth, BODY_DEPTH_MM))
+    # The h-maxima lie in the coarse mask, where the depth is above 0. The
+    # reconstruction runs on its bounding box grown by one voxel: the zeros
+    # beyond connect the same parts of that one-voxel layer as the layer does
+    # itself (clamping coordinates maps any path out there onto the layer), so
+    # every reconstructed value in the box, and the maxima, are the same.
+    box = tuple(slice(max(0, part.start - 1), min(n, part.stop + 1))
+                for part, n in zip(bounding_box(coarse), coarse.shape))
+    maxima = np.zeros(depth.shape, dtype=np.uint8)
+    maxima[box] = h_maxima(depth[box], BODY_DEPTH_MM)
+    markers, n_bodies = ndimage.label(maxima)
     if n_bodies <= 1:
         return np.ones(candidate.shape, dtype=bool)
     bodies = watershed(-depth, markers, mask=coarse)
