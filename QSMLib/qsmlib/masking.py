@@ -188,9 +188,12 @@ def brain_mask(magnitude, voxel_size, *, quality=None, quality_fraction=QUALITY_
     1 mm          1.11 / 0.94, real. 1.17-1.33 1.09 / 0.95, real. 1.10 / 0.94
     ============  ===========================  ============================
 
-    Cost on a 164 x 205 x 205 head: a distance transform and a watershed on
-    a 2 mm grid, a few FFT pairs and a few connected-component labellings,
-    about 2-3 s on two cores, plus 2-3 s for the quality map of five echoes.
+    Cost on a 164 x 205 x 205 head: a distance transform, an h-maxima
+    reconstruction and a watershed on a 2 mm grid, three FFT pairs on the
+    mask's bounding box and a few connected-component labellings: about 2 s
+    on two cores shared with other work (3.8-5.2 s before issue 16, same
+    runs), plus the quality map of five echoes (see
+    :func:`qsmlib.unwrap.voxel_quality`).
 
     References
     ----------
