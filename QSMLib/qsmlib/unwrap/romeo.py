@@ -639,7 +639,7 @@ def _spanning_tree_turns(wrapped, region, weights, labels):
     # so that voxel is where the running maximum of the labels first reaches it.
     voxel_labels = labels[region]
     seeds = np.searchsorted(np.maximum.accumulate(voxel_labels),
-                            np.arange(1, int(voxel_labels.max()) + 1))
+                            np.arange(1, int(voxel_labels.max()) + 1, dtype=voxel_labels.dtype))
     turns -= turns[seeds][voxel_labels - 1]
     return turns
 
