@@ -1,27 +1,58 @@
-"""Benchmark of the QSM pipeline on the simulated 1 mm head (5 echoes, 3 T).
+"""Benchmark of the QSM pipeline: time, FFT pairs and peak memory per stage, and how they scale.
 
-Prints each stage's time and its ratio to one real FFT pair of the same grid,
-measured in the same run, so the ratios are comparable across machines, and
-the accuracy against the simulation's truth (NRMSE, HFEN, deep grey matter):
+    python Testing/benchmarks/bench_pipeline.py [--sizes 2 1 0.7 0.5] [--preset consensus]
+                                                [--markdown FILE] [--write-readme]
+    python Testing/benchmarks/bench_pipeline.py --methods     # every bgremove and inversion at 1 mm
 
-    python Testing/benchmarks/bench_pipeline.py [--all] [--preset fast] [--tilt-deg 21]
-                                                [--b0 7 --snr 50 --te 0.003 0.006 0.009 0.012]
+Each case simulates the shipped head (:func:`qsmlib.simulation.simulate_gre`)
+at one voxel size: 3 T with 5 echoes of 4-28 ms at 2, 1 and 0.7 mm, and 7 T
+with 4 echoes of 3-15 ms at 0.5 mm (a 0.5 mm 7 T whole head, 328 x 410 x 410).
+A fresh Python process then reads the magnitude and phase from disk and runs
+the preset, as ``qsm run`` would, while a sampling thread reads the process's
+resident memory every few milliseconds. Per stage the table gives:
 
-``--all`` also times every background-removal and inversion method. This is a
-benchmark, not a test: it asserts nothing about speed.
+- seconds (wall clock);
+- FFT pairs: the real FFTs the stage ran (forward + inverse), in pairs of its
+  largest grid (the pipeline's own count, ``provenance['stages'][i]['fft_pairs']``);
+- ratio to the floor: seconds divided by the time of one real FFT pair on the
+  fast padded grid of the image, measured in the same process just before the
+  run, so that ratios compare across machines and loads;
+- peak memory: the largest resident set of the process during the stage
+  (inputs included, as for a user's run).
+
+The exponent of time against voxel count is fitted over the cases (log-log
+least squares). Accuracy against the simulation's truth is printed per case
+(NRMSE, worst deep grey matter error), to check that a faster code gives the
+same maps. This is a benchmark, not a test: it asserts nothing. ``make bench``
+runs it and writes the README's table (between the markers
+``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``).
 """
 
 import argparse
-import resource
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.fft as sfft
 
 from qsmlib.fourier import fft_workers, padded_shape
-from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PipelineConfig, reconstruct
-from qsmlib.simulation import load_head_phantom, simulate_gre
-from qsmlib.workflow import accuracy_metrics
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+#: (voxel size mm, field T, echo times s) of each case.
+CASES = {
+    2.0: (3.0, (0.004, 0.010, 0.016, 0.022, 0.028)),
+    1.0: (3.0, (0.004, 0.010, 0.016, 0.022, 0.028)),
+    0.7: (3.0, (0.004, 0.010, 0.016, 0.022, 0.028)),
+    0.5: (7.0, (0.003, 0.007, 0.011, 0.015)),
+}
+PAGE_BYTES = 4096
 
 
 def fft_pair_seconds(shape, repeats=7):
@@ -36,54 +67,200 @@ def fft_pair_seconds(shape, repeats=7):
     return float(np.median(times)), grid
 
 
-def run(config, sim, floor, tissues):
-    start = time.perf_counter()
-    result = reconstruct(magnitude=sim.magnitude, phase=sim.phase, te_s=sim.te_s, b0_t=sim.b0_t,
-                         voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=config)
-    total = time.perf_counter() - start
-    for stage in result.provenance["stages"]:
-        iterations = stage.get("iterations", "")
-        print(f"  {stage['stage']:<20} {stage['method'][:38]:<38} {stage['time_s']:7.2f} s "
-              f"{stage['time_s'] / floor:8.1f} FFT pairs  {iterations}")
-    print(f"  {'total':<20} {'':<38} {total:7.2f} s {total / floor:8.1f} FFT pairs")
-    scored = result.mask & sim.brain_mask
-    m = accuracy_metrics(result.chi_ppm, sim.chi_ppm, scored, sim.labels, tissues)
-    print(f"  accuracy: NRMSE {m['nrmse_percent']:.1f} %, HFEN {m['hfen_percent']:.1f} %, deep grey matter "
-          f"worst {m['dgm_max_abs_error_ppm']:.4f} ppm, mean {m['dgm_mean_abs_error_ppm']:.4f} ppm, "
-          f"scored voxels {scored.sum()} of {sim.brain_mask.sum()} in the true brain")
-    return result
+class MemorySampler:
+    """Largest resident set (bytes) of this process per stage, sampled every ``interval_s`` by a thread."""
+
+    def __init__(self, interval_s=0.005):
+        self.interval_s = interval_s
+        self.stage = "start"
+        self.peaks = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def resident():
+        """Resident set size of this process now (bytes)."""
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE_BYTES
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval_s)
+
+    def sample(self):
+        rss = self.resident()
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+
+    def enter(self, stage):
+        self.sample()
+        self.stage = stage
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def child(folder, preset):
+    """In a fresh process: read the acquisition from ``folder``, run ``preset``, write the records as JSON."""
+    from qsmlib.pipeline import PipelineConfig, reconstruct
+
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    with MemorySampler() as memory:
+        magnitude = np.load(folder / "magnitude.npy")
+        phase = np.load(folder / "phase.npy")
+        inputs_bytes = memory.resident()
+        memory.enter("floor")
+        floor, grid = fft_pair_seconds(magnitude.shape[:3])
+        memory.enter("before the run")
+
+        def progress(stage, fraction):
+            if fraction == 0.0:
+                memory.enter(stage)
+
+        start = time.perf_counter()
+        result = reconstruct(magnitude=magnitude, phase=phase, te_s=meta["te_s"], b0_t=meta["b0_t"],
+                             voxel_size=meta["voxel_size"], b0_dir=meta["b0_dir"],
+                             config=PipelineConfig.from_preset(preset), progress=progress)
+        total = time.perf_counter() - start
+    np.save(folder / "chi.npy", result.chi_ppm)
+    np.save(folder / "mask.npy", result.mask)
+    stages = [{"stage": s["stage"], "method": s["method"], "time_s": s["time_s"],
+               "fft_pairs": s.get("fft_pairs", 0.0), "fft_grid": s.get("fft_grid"),
+               "iterations": s.get("iterations"), "peak_bytes": memory.peaks.get(s["stage"], 0)}
+              for s in result.provenance["stages"]]
+    record = {"floor_s": floor, "floor_grid": list(grid), "total_s": total, "stages": stages,
+              "inputs_bytes": inputs_bytes,
+              "peak_bytes": max(v for k, v in memory.peaks.items() if k != "floor"), "threads": fft_workers()}
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+def run_case(voxel_size, preset, workdir):
+    """Simulate one case, run it in a fresh process, and return its record with accuracy."""
+    from qsmlib.simulation import load_head_phantom, simulate_gre
+    from qsmlib.workflow import accuracy_metrics
+
+    b0_t, te_s = CASES[voxel_size]
+    phantom = load_head_phantom(voxel_size)
+    sim = simulate_gre(phantom, b0_t=b0_t, te_s=te_s, snr=100.0, seed=0)
+    folder = Path(workdir) / f"{voxel_size:g}mm"
+    folder.mkdir()
+    np.save(folder / "magnitude.npy", sim.magnitude)
+    np.save(folder / "phase.npy", sim.phase)
+    (folder / "meta.json").write_text(json.dumps({"te_s": list(sim.te_s), "b0_t": b0_t,
+                                                  "voxel_size": list(sim.voxel_size_mm), "b0_dir": list(sim.b0_dir)}))
+    shape = sim.magnitude.shape
+    del sim.magnitude, sim.phase
+    subprocess.run([sys.executable, __file__, "--child", str(folder), "--preset", preset], check=True)
+    record = json.loads((folder / "record.json").read_text())
+    chi, mask = np.load(folder / "chi.npy"), np.load(folder / "mask.npy")
+    m = accuracy_metrics(chi, sim.chi_ppm, mask & sim.brain_mask, sim.labels, phantom.tissues)
+    record.update(voxel_size=voxel_size, shape=list(shape), b0_t=b0_t, voxels=int(np.prod(shape[:3])),
+                  nrmse=m["nrmse_percent"], dgm_worst=m["dgm_max_abs_error_ppm"])
+    return record
+
+
+def table(records, preset):
+    gib = 2.0 ** 30
+    lines = [f"Preset `{preset}`, simulated head, {records[0]['threads']} FFT threads. Per stage: seconds, real FFT "
+             "pairs run (in pairs of the stage's largest grid), seconds as a ratio to one FFT pair of the image's "
+             "padded grid measured in the same run (the floor), peak resident memory of the process (GiB, inputs "
+             "included).", "",
+             "| case | stage | method | seconds | FFT pairs | ratio to floor | peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        case = (f"{r['voxel_size']:g} mm, {r['b0_t']:g} T, {r['shape'][3]} echoes, "
+                f"{'x'.join(str(n) for n in r['shape'][:3])}")
+        for s in r["stages"]:
+            if s["method"] == "given":
+                continue
+            lines.append(f"| {case} | {s['stage']} | {s['method']} | {s['time_s']:.2f} | {s['fft_pairs']:.0f} | "
+                         f"{s['time_s'] / r['floor_s']:.0f} | {s['peak_bytes'] / gib:.2f} |")
+        lines.append(f"| {case} | **total** | floor {r['floor_s'] * 1000:.0f} ms | **{r['total_s']:.2f}** | "
+                     f"{sum(s['fft_pairs'] for s in r['stages']):.0f} | {r['total_s'] / r['floor_s']:.0f} | "
+                     f"**{r['peak_bytes'] / gib:.2f}** |")
+    lines.append("")
+    for r in records:
+        lines.append(f"- {r['voxel_size']:g} mm: NRMSE {r['nrmse']:.1f} %, worst deep grey matter error "
+                     f"{r['dgm_worst']:.4f} ppm (against the simulation's truth; inputs "
+                     f"{r['inputs_bytes'] / gib:.2f} GiB of the peak).")
+    if len(records) >= 2:
+        voxels = np.log([r["voxels"] for r in records])
+        seconds = np.log([r["total_s"] for r in records])
+        exponent = np.polyfit(voxels, seconds, 1)[0]
+        lines.append(f"- Time grows as (voxel count)^{exponent:.2f} over these cases (log-log least squares).")
+    return "\n".join(lines)
+
+
+def write_readme(text):
+    readme = README.read_text(encoding="utf-8")
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {START} ... {END} markers")
+    readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: f"{START}\n{text}\n{END}", readme,
+                    flags=re.S)
+    README.write_text(readme, encoding="utf-8")
+
+
+def methods():
+    """Every background removal and inversion once at 1 mm, in this process (time only)."""
+    from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PipelineConfig, reconstruct
+    from qsmlib.simulation import load_head_phantom, simulate_gre
+
+    sim = simulate_gre(load_head_phantom(1.0), seed=0)
+    floor, _ = fft_pair_seconds(sim.magnitude.shape[:3])
+    front = reconstruct(magnitude=sim.magnitude, phase=sim.phase, te_s=sim.te_s, b0_t=sim.b0_t,
+                        voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir, config=PipelineConfig(inversion="tkd"))
+    common = dict(mask=front.mask, b0_t=sim.b0_t, voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir,
+                  magnitude=sim.magnitude, te_s=sim.te_s)
+    for kind, names in (("bgremove", BGREMOVE_METHODS), ("inversion", INVERSION_METHODS)):
+        for name in names:
+            start = time.perf_counter()
+            if kind == "bgremove":
+                reconstruct(total_field_hz=front.total_field_hz, config=PipelineConfig(
+                    bgremove=name, inversion="tkd", check_phase_sign=False), **common)
+            else:
+                reconstruct(local_field_hz=front.local_field_hz, config=PipelineConfig(
+                    inversion=name, check_phase_sign=False), **common)
+            seconds = time.perf_counter() - start
+            print(f"{kind:10s} {name:12s} {seconds:7.2f} s {seconds / floor:7.0f} FFT-pair floors", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--all", action="store_true", help="also time every bgremove and inversion method")
-    parser.add_argument("--preset", default="consensus", help="preset of the main run (default consensus)")
-    parser.add_argument("--tilt-deg", type=float, default=0.0, help="tilt of B0 from the slice axis (degrees)")
-    parser.add_argument("--b0", type=float, default=3.0, help="field strength in tesla (default 3)")
-    parser.add_argument("--snr", type=float, default=100.0, help="first-echo SNR (default 100)")
-    parser.add_argument("--te", type=float, nargs="+", default=[0.004, 0.010, 0.016, 0.022, 0.028],
-                        help="echo times in seconds (default 4-28 ms, 5 echoes)")
-    parser.add_argument("--seed", type=int, default=0, help="texture and noise seed (default 0)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=sorted(CASES, reverse=True),
+                        choices=sorted(CASES), help="voxel sizes (mm) to run (default: all)")
+    parser.add_argument("--preset", default="consensus", help="preset to run (default consensus)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
+    parser.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--methods", action="store_true", help="time every bgremove and inversion at 1 mm instead")
+    parser.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    start = time.perf_counter()
-    phantom = load_head_phantom(1.0)
-    tilt = np.deg2rad(args.tilt_deg)
-    sim = simulate_gre(phantom, b0_t=args.b0, te_s=tuple(args.te), snr=args.snr, seed=args.seed,
-                       b0_dir=(0.0, float(np.sin(tilt)), float(np.cos(tilt))))
-    print(f"simulated {sim.magnitude.shape} in {time.perf_counter() - start:.1f} s")
-    floor, grid = fft_pair_seconds(sim.magnitude.shape[:3])
-    print(f"floor: one real FFT pair on {grid} takes {floor * 1000:.1f} ms ({fft_workers()} workers)")
-    print(f"preset {args.preset}:")
-    run(PipelineConfig.from_preset(args.preset), sim, floor, phantom.tissues)
-    if args.all:
-        for name in BGREMOVE_METHODS:
-            print(f"bgremove {name}:")
-            run(PipelineConfig(bgremove=name, check_phase_sign=False), sim, floor, phantom.tissues)
-        for name in INVERSION_METHODS:
-            print(f"inversion {name}:")
-            run(PipelineConfig(inversion=name, check_phase_sign=False), sim, floor, phantom.tissues)
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(f"peak memory of this process: {peak_gib:.2f} GiB")
+    if args.child:
+        child(args.child, args.preset)
+        return
+    if args.methods:
+        methods()
+        return
+    records = []
+    with tempfile.TemporaryDirectory(prefix="qsm-bench-") as workdir:
+        for size in args.sizes:
+            print(f"running {size:g} mm ...", flush=True)
+            records.append(run_case(size, args.preset, workdir))
+            r = records[-1]
+            print(f"  {r['total_s']:.2f} s, peak {r['peak_bytes'] / 2 ** 30:.2f} GiB, NRMSE {r['nrmse']:.1f} %, "
+                  f"DGM worst {r['dgm_worst']:.4f} ppm", flush=True)
+    text = table(records, args.preset)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+    if args.write_readme:
+        write_readme(text)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
     python Testing/benchmarks/robustness_table.py [--rows NAME ...] [--list]
         [--tuning-seed N] [--report-seed N] [--markdown FILE]
     python Testing/benchmarks/robustness_table.py --write-readme FILE [FILE ...]
+    python Testing/benchmarks/robustness_table.py --compare FILE [FILE ...] [--rows NAME ...]
 
 The second form summarises the Markdown of earlier runs (rows may be split
 over several runs, run side by side) into the table between the markers in
-README.md.
+README.md. The third runs only the consensus preset on the reported
+simulation of each row and compares it with the consensus row of earlier runs:
+the check that a faster code keeps the accuracy (issue 16: no row worse by
+more than 1 NRMSE point or 0.002 ppm of worst deep grey matter error).
 
 Each row is one acquisition simulated with
 :func:`qsmlib.simulation.simulate_realistic_gre` (0.64 mm head, exact field of
@@ -213,6 +217,44 @@ def write_readme(paths, tuning_seed, report_seed):
     print(table)
 
 
+#: What a change may cost against an earlier run (issue 16): NRMSE points, worst deep grey matter error (ppm).
+ALLOWED_NRMSE_POINTS, ALLOWED_DGM_PPM = 1.0, 0.002
+
+
+def compare(paths, names, report_seed, markdown=None):
+    """The consensus preset per row against the consensus rows of earlier runs; returns whether all hold."""
+    label = f"consensus with {PRESETS['consensus']['inversion']}"
+    earlier = read_detailed(paths)
+    model = load_fine_head_model()
+    lines = [f"Consensus preset (`{label}`) against {', '.join(Path(p).name for p in paths)}, reported seed "
+             f"{report_seed}; allowed: +{ALLOWED_NRMSE_POINTS:g} NRMSE points, +{ALLOWED_DGM_PPM:g} ppm.", "",
+             "| row | NRMSE | before | change | worst DGM error (ppm) | before | change | stages (s / iterations) |",
+             "|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    holds = True
+    for name in names:
+        if name not in earlier or label not in earlier[name][1]:
+            raise SystemExit(f"{name}: no '{label}' row in {', '.join(map(str, paths))}")
+        nrmse_before, _, dgm_before = earlier[name][1][label]
+        sim = simulate_realistic_gre(model, seed=report_seed, **{**BASE, **ROWS[name]})
+        result, _ = run_pipeline(sim, "consensus")
+        m = score(result.chi_ppm, sim, result.mask)
+        d_nrmse, d_dgm = m["nrmse"] - nrmse_before, m["dgm_worst"] - dgm_before
+        holds &= d_nrmse <= ALLOWED_NRMSE_POINTS and d_dgm <= ALLOWED_DGM_PPM
+        stages = ", ".join(f"{s['stage']} {s['time_s']:.1f}" + (f"/{s['iterations']}" if "iterations" in s else "")
+                           for s in result.provenance["stages"])
+        line = (f"| {name} | {m['nrmse']:.1f} % | {nrmse_before:.1f} % | {d_nrmse:+.2f} | {m['dgm_worst']:.4f} | "
+                f"{dgm_before:.4f} | {d_dgm:+.4f} | {stages} |")
+        lines.append(line)
+        print(line, flush=True)
+    verdict = "every row holds" if holds else "a row is worse than allowed"
+    lines += ["", verdict]
+    print(verdict)
+    if markdown:
+        Path(markdown).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return holds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="rows to run (default: all)")
@@ -222,6 +264,8 @@ def main():
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--write-readme", nargs="+", metavar="FILE",
                         help="run nothing: summarise the Markdown of earlier runs (--markdown) into README.md")
+    parser.add_argument("--compare", nargs="+", metavar="FILE",
+                        help="run only the consensus preset and compare it with earlier runs (--markdown output)")
     args = parser.parse_args()
     if args.tuning_seed == args.report_seed:
         parser.error("the tuning and the reported seeds must differ")
@@ -229,6 +273,8 @@ def main():
         write_readme(args.write_readme, args.tuning_seed, args.report_seed)
         return
     names = args.rows or list(ROWS)
+    if args.compare:
+        raise SystemExit(0 if compare(args.compare, names, args.report_seed, args.markdown) else 1)
     if args.list:
         for name in ROWS:
             print(f"{name:32s} {describe({**BASE, **ROWS[name]})}")
