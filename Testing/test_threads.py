@@ -19,6 +19,7 @@ import qsmlib
 from qsmlib import fourier, parallel
 from qsmlib.cli import EXIT_INPUT_ERROR, THREADED_COMMANDS, _get_parser, main
 from qsmlib.errors import QSMInputError
+from test_cli import small_inputs  # noqa: F401  (a fixture, used through small_run)
 
 QSMLIB = Path(qsmlib.__file__).resolve().parent
 TASKS = Path("/proc/self/task")
@@ -171,24 +172,12 @@ def test_every_scipy_fft_call_passes_the_worker_count():
     assert missing == []
 
 
-def _save(path, data):
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)), str(path))
-    return str(path)
-
-
 @pytest.fixture
-def small_run(tmp_path):
-    shape = (16, 16, 12)
-    grid = np.indices(shape).astype(np.float32)
-    ball = ((grid[0] - 8) ** 2 + (grid[1] - 8) ** 2 + (grid[2] - 6) ** 2) < 25
-    te = [0.004, 0.008, 0.012]
-    mag = np.stack([np.where(ball, 100.0, 1.0) * np.exp(-20 * t) for t in te], axis=3)
-    phase = np.stack([np.angle(np.exp(1j * (0.3 + 2 * np.pi * 20 * t * grid[0] / 16))) for t in te], axis=3)
-    return ["run", "--mag", _save(tmp_path / "mag.nii.gz", mag), "--phase", _save(tmp_path / "phase.nii.gz", phase),
-            "--te", *map(str, te), "--b0", "3", "--mask", _save(tmp_path / "mask.nii.gz", ball), "--bgremove", "sharp",
-            "--option", "sharp.radius_mm=2", "--inversion", "tkd"], tmp_path
+def small_run(small_inputs):
+    """``qsm run`` arguments on test_cli's small ball (SHARP and TKD: seconds), and the folder."""
+    folder, files = small_inputs
+    return ["run", "--mag", files["mag"], "--phase", files["phase"], "--te", *files["te"], "--b0", "3",
+            "--mask", files["mask"], "--bgremove", "sharp", "--option", "sharp.radius_mm=2", "--inversion", "tkd"], folder
 
 
 def test_cli_threads_reaches_the_provenance_and_ends_with_the_run(small_run, capsys, monkeypatch):

@@ -30,7 +30,6 @@ runs it and writes the README's table (between the markers
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,8 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmlib.fourier import fft_workers, padded_shape
+from readme_block import write_readme_block
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 #: (voxel size mm, field T, echo times s) of each case.
 CASES = {
     2.0: (3.0, (0.004, 0.010, 0.016, 0.022, 0.028)),
@@ -198,15 +196,6 @@ def table(records, preset):
     return "\n".join(lines)
 
 
-def write_readme(text):
-    readme = README.read_text(encoding="utf-8")
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: f"{START}\n{text}\n{END}", readme,
-                    flags=re.S)
-    README.write_text(readme, encoding="utf-8")
-
-
 def methods():
     """Every background removal and inversion once at 1 mm, in this process (time only)."""
     from qsmlib.pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PipelineConfig, reconstruct
@@ -260,7 +249,7 @@ def main():
     if args.markdown:
         Path(args.markdown).write_text(text + "\n", encoding="utf-8")
     if args.write_readme:
-        write_readme(text)
+        write_readme_block("bench-table", text)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ machine. This is a benchmark: it asserts nothing.
 
 import argparse
 import dataclasses
-import re
 import time
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from qsmlib.constants import hz_to_ppm
 from qsmlib.inversion.tkd import tkd
 from qsmlib.pipeline import PRESETS, PipelineConfig, reconstruct
 from qsmlib.simulation import load_fine_head_model, simulate_realistic_gre
+from readme_block import write_readme_block
 
 TE_3T_S = (0.004, 0.010, 0.016, 0.022, 0.028)
 TE_7T_S = (0.003, 0.007, 0.011, 0.015, 0.019)
@@ -154,8 +154,6 @@ def describe(acquisition):
             f"WM anisotropy {'on' if acquisition['wm_anisotropy'] else 'off'}")
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-START, END = "<!-- robustness-table:start -->", "<!-- robustness-table:end -->"
 #: The README's columns: (heading, method label in the detailed table).
 README_COLUMNS = (("consensus preset (nltv)", "consensus with nltv"),
                   ("consensus with tv-admm (before issue 12)", "consensus with tv-admm"), ("fast preset", "fast"), ("tuned TKD", "TKD on the consensus field"),
@@ -208,12 +206,7 @@ def readme_table(rows, tuning_seed, report_seed):
 
 def write_readme(paths, tuning_seed, report_seed):
     table = readme_table(read_detailed(paths), tuning_seed, report_seed)
-    text = README.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: f"{START}\n{table}\n{END}", text,
-                  flags=re.S)
-    README.write_text(text, encoding="utf-8")
+    write_readme_block("robustness-table", table)
     print(table)
 
 

@@ -18,9 +18,7 @@ markers in README.md (``realistic-`` markers with ``--realistic``). It asserts n
 """
 
 import argparse
-import re
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -32,13 +30,13 @@ from qsmlib.simulation import load_fine_head_model, load_head_phantom, simulate_
 from qsmlib.simulation.phantom import resample_labels
 from qsmlib.simulation.separation import simulate_separation_gre
 from qsmlib.workflow import field_noise_from_provenance
+from readme_block import write_readme_block
 
 REGIONS = (("caudate", 1), ("putamen", 3), ("globus pallidus", 2), ("thalamus", 7),
            ("substantia nigra + STN", 6), ("red nucleus", 4), ("dentate", 5), ("white matter", 8),
            ("cortical grey matter", 9))
-README = Path(__file__).resolve().parents[2] / "README.md"
-MARKERS = {False: ("<!-- separation-table:start -->", "<!-- separation-table:end -->"),
-           True: ("<!-- separation-realistic-table:start -->", "<!-- separation-realistic-table:end -->")}
+#: README markers of the table (``<!-- NAME:start -->``), by --realistic.
+MARKERS = {False: "separation-table", True: "separation-realistic-table"}
 
 
 def main():
@@ -120,12 +118,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.write_readme:
-        START, END = MARKERS[args.realistic]
-        text = README.read_text(encoding="utf-8")
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no {START} ... {END} markers")
-        README.write_text(pattern.sub(lambda _m: f"{START}\n{table}\n{END}", text), encoding="utf-8")
+        write_readme_block(MARKERS[args.realistic], table)
 
 
 def _wm_tracts(sim):
