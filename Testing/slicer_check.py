@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SUPPORTED_TAGS = ("v5.6.2", "v5.8.1", "v5.10.0", "v5.12.3")
 EXTRACTED = ("Base/Python/slicer", "Modules/Scripted/SampleData", "Schemas")
 TESTS = ("Testing/test_slicer_modules.py", "Testing/test_slicer_reconstruction.py", "Testing/test_slicer_roi.py",
-         "Testing/test_slicer_swi.py", "Testing/test_slicer_atlas.py")
+         "Testing/test_slicer_swi.py", "Testing/test_slicer_atlas.py", "Testing/test_slicer_threads.py")
 CATALOG_ENTRY = REPO / "Resources" / "ExtensionsIndex" / "SlicerQSM.json"
 
 
