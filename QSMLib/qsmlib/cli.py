@@ -260,6 +260,7 @@ def _get_parser():
     _add_batch_parser(sub)
     _add_dicom_parsers(sub)
     _add_atlas_parsers(sub)
+    _add_web_parser(sub)
 
     demo = sub.add_parser("demo", help="simulate the head phantom, reconstruct it, and write a report")
     demo.add_argument("--out", default="qsm-demo", metavar="DIR", help="output folder (default qsm-demo)")
@@ -267,6 +268,39 @@ def _get_parser():
     for name in THREADED_COMMANDS:
         _add_threads_option(sub.choices[name])
     return parser
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give a whole number from 1 to 65535")
+    return value
+
+
+def _add_web_parser(sub):
+    web = sub.add_parser("web", help="QSM in the browser: a trame-slicer app on Slicer's MRML engine",
+                         description="Serves the QSM Reconstruction workflow (load, reconstruct, view, download) "
+                                     "to a web browser. Needs the web extra: pip install \"qsmlib[web]\".")
+    web.add_argument("--data", required=True, metavar="DIR",
+                     help="the only folder whose files the browser can open (NIfTI magnitude and phase with "
+                          "their JSON sidecars)")
+    web.add_argument("--port", type=_port, default=8080, metavar="N", help="TCP port (default 8080)")
+    web.add_argument("--host", default="127.0.0.1", metavar="H",
+                     help="address to listen on (default 127.0.0.1: this machine only); another address lets "
+                          "other machines connect, with a warning, as the app has no log-in")
+
+
+def _run_web(args):
+    from . import web
+
+    if not web.is_loopback(args.host):
+        print(f"qsm: warning: --host {args.host}: the app is reachable from other machines and has no log-in; "
+              f"anyone who can connect can read the files of {args.data} and run reconstructions; use the "
+              "default 127.0.0.1 with an SSH tunnel unless the network is trusted", file=sys.stderr)
+    web.serve(data_dir=args.data, port=args.port, host=args.host)
 
 
 def _add_dicom_parsers(sub):
@@ -593,6 +627,8 @@ def _dispatch(args, progress):
         return _run_atlas_command(args)
     elif args.command == "batch":
         return _run_batch(args)
+    elif args.command == "web":
+        return _run_web(args)
     elif args.command == "demo":
         _result, metrics = workflow.run_demo(args.out, force=args.force, progress=progress)
         print(f"qsm: demo written to {args.out}: NRMSE {metrics['nrmse_percent']:.1f} %, worst deep grey "
