@@ -1081,7 +1081,8 @@ def _run_batch_locked(bids_dir, out_dir, *, participant_labels=None, scheduler="
             for job in runnable:
                 future = cluster.client.submit(process_subject, bids_dir, out_dir, job, run_kwargs, parameters,
                                                labels_file=_labels_for(bids_dir, job, labels_pattern),
-                                               atlas=atlas, force=force, threads=threads_per_worker, key=f"qsm-{job.key}-{parameters_digest(parameters)}",
+                                               atlas=atlas, force=force, threads=threads_per_worker,
+                                               key=f"qsm-{job.key}-{parameters_digest(parameters)}",
                                                pure=False, resources=cluster.task_resources)
                 futures[future] = job
             for future in as_completed(list(futures)):

@@ -392,11 +392,12 @@ def sphere_padded_shape(shape, voxel_size, radius_mm):
     return fourier.padded_shape(shape, pads)
 
 
-def sphere_spectrum(shape, voxel_size, radius_mm, *, normalized=False):
+def sphere_spectrum(shape, voxel_size, radius_mm, *, normalized=False, closed=True):
     """Real FFT (rfft layout, float32, read-only, cached) of the sphere centred on voxel 0.
 
     ``shape`` is the real-space (padded) grid. With ``normalized`` the sphere
-    sums to one: that is the spherical mean value (SMV) kernel.
+    sums to one: that is the spherical mean value (SMV) kernel. ``closed=False``
+    takes the open ball (offsets strictly nearer than ``radius_mm``).
 
     Raises
     ------
@@ -411,7 +412,7 @@ def sphere_spectrum(shape, voxel_size, radius_mm, *, normalized=False):
         raise QSMInputError(f"radius_mm: a sphere of {radius_mm} mm ({ball_shape[0]} x {ball_shape[1]} x "
                             f"{ball_shape[2]} voxels) does not fit in a grid of shape {shape}; "
                             "use a smaller radius")
-    return _sphere_spectrum(shape, voxel_size, radius_mm, bool(normalized))
+    return _sphere_spectrum(shape, voxel_size, radius_mm, bool(normalized), bool(closed))
 
 
 def erode_mask(mask, voxel_size, radius_mm, *, padded_shape=None, mask_ft=None):
@@ -464,8 +465,7 @@ def dilate_mask(mask, voxel_size, radius_mm):
         return mask.copy()
     # Only voxels within the sphere's half-width of the mask's bounding box can
     # join: the FFTs run on that box (zero-padded as before).
-    box = tuple(slice(max(0, part.start - (b - 1) // 2), min(n, part.stop + (b - 1) // 2))
-                for part, b, n in zip(bounding_box(mask), ball.shape, mask.shape))
+    box = bounding_box(mask, [(b - 1) // 2 for b in ball.shape])
     dilated = np.zeros(mask.shape, dtype=bool)
     part = mask[box]
     dilated[box] = (_sphere_sum(part, voxel_size, radius_mm) > 0.5) | part
@@ -525,17 +525,19 @@ def fill_holes(mask, plane_normal=None):
     return ~outside[background]
 
 
-def bounding_box(mask):
+def bounding_box(mask, margin=0):
     """Slices of the smallest box that holds every voxel of a non-empty ``mask``.
 
     Stages that only need the brain work on this box (padded) rather than the
-    whole field of view, which saves FFT time and memory.
+    whole field of view, which saves FFT time and memory. ``margin`` (voxels,
+    one number or one per axis) grows the box, within the volume.
     """
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
     box = []
-    for axis in range(mask.ndim):
+    for axis, grow in enumerate(margins):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         hits = np.flatnonzero(np.any(mask, axis=other))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        box.append(slice(max(0, int(hits[0]) - grow), min(mask.shape[axis], int(hits[-1]) + 1 + grow)))
     return tuple(box)
 
 
@@ -564,8 +566,7 @@ def _brain_body(candidate, voxel_size):
     # beyond connect the same parts of that one-voxel layer as the layer does
     # itself (clamping coordinates maps any path out there onto the layer), so
     # every reconstructed value in the box, and the maxima, are the same.
-    box = tuple(slice(max(0, part.start - 1), min(n, part.stop + 1))
-                for part, n in zip(bounding_box(coarse), coarse.shape))
+    box = bounding_box(coarse, 1)
     maxima = np.zeros(depth.shape, dtype=np.uint8)
     maxima[box] = h_maxima(depth[box], BODY_DEPTH_MM)
     markers, n_bodies = ndimage.label(maxima)
@@ -633,29 +634,37 @@ def _morphology_args(mask, voxel_size, radius_mm):
 
 
 @lru_cache(maxsize=16)
-def _sphere_structure(voxel_size, radius_mm):
-    half = [int(np.floor(radius_mm / d * (1 + _SURFACE_TOLERANCE))) for d in voxel_size]
+def _sphere_structure(voxel_size, radius_mm, closed=True):
+    """The closed ball (surface included, with a tolerance) or the open ball.
+
+    The open ball keeps the offsets strictly nearer than ``radius_mm``, with the
+    distance computed as :func:`scipy.ndimage.distance_transform_edt` does
+    (``sqrt`` of the summed squared offsets in mm), so it matches it at ties.
+    """
+    slack = 1 + _SURFACE_TOLERANCE if closed else 1.0
+    half = [int(np.floor(radius_mm / d * slack)) for d in voxel_size]
     axes = [np.arange(-h, h + 1) * d for h, d in zip(half, voxel_size)]
     dx, dy, dz = np.meshgrid(*axes, indexing="ij", sparse=True)
-    ball = dx ** 2 + dy ** 2 + dz ** 2 <= (radius_mm * (1 + _SURFACE_TOLERANCE)) ** 2
+    squared = dx ** 2 + dy ** 2 + dz ** 2
+    ball = squared <= (radius_mm * slack) ** 2 if closed else np.sqrt(squared) < radius_mm
     ball.setflags(write=False)
     return ball
 
 
-def _sphere_sum(mask, voxel_size, radius_mm, padded_shape=None, mask_ft=None):
-    """Number of ``mask`` voxels in the sphere around each voxel (float32, FFT convolution)."""
+def _sphere_sum(mask, voxel_size, radius_mm, padded_shape=None, mask_ft=None, closed=True):
+    """Number of ``mask`` voxels in the (closed or open) ball around each voxel (float32, FFT convolution)."""
     if padded_shape is None:
         padded_shape = sphere_padded_shape(mask.shape, voxel_size, radius_mm)
     if mask_ft is None:
         mask_ft = fourier.rfft(mask.astype(np.float32), padded_shape)
-    kernel = sphere_spectrum(padded_shape, voxel_size, radius_mm)
+    kernel = sphere_spectrum(padded_shape, voxel_size, radius_mm, closed=closed)
     total = fourier.irfft(mask_ft * kernel, padded_shape)
     return fourier.crop(total, mask.shape)
 
 
 @lru_cache(maxsize=8)
-def _sphere_spectrum(shape, voxel_size, radius_mm, normalized):
-    ball = _sphere_structure(voxel_size, radius_mm)
+def _sphere_spectrum(shape, voxel_size, radius_mm, normalized, closed):
+    ball = _sphere_structure(voxel_size, radius_mm, closed)
     offsets = [idx - (n - 1) // 2 for idx, n in zip(np.nonzero(ball), ball.shape)]
     sphere = np.zeros(shape, dtype=np.float32)
     sphere[tuple(o % n for o, n in zip(offsets, shape))] = 1.0 / offsets[0].size if normalized else 1.0

@@ -189,8 +189,7 @@ def deep_voxels(mask, voxel_size, depth_mm):
     (``sqrt`` of the sum of squared offsets times the voxel size), so the
     result is the same voxel for voxel, including at exactly ``depth_mm``.
     """
-    from . import fourier
-    from .masking import bounding_box
+    from .masking import _sphere_sum, bounding_box
 
     mask = np.asarray(mask, bool)
     deep = np.zeros(mask.shape, bool)
@@ -198,8 +197,8 @@ def deep_voxels(mask, voxel_size, depth_mm):
         return deep
     box = bounding_box(mask)
     part = mask[box]
-    voxel_size = np.asarray(voxel_size, dtype=np.float64)
-    half = np.floor(depth_mm / voxel_size).astype(int)
+    voxel_size = tuple(float(d) for d in voxel_size)
+    half = np.floor(depth_mm / np.asarray(voxel_size)).astype(int)
     if np.any(2 * half + 1 > np.asarray(part.shape) + 2):
         # The ball is wider than the box: the distance transform is cheaper.
         from scipy import ndimage
@@ -207,20 +206,9 @@ def deep_voxels(mask, voxel_size, depth_mm):
         deep[box] = depth >= depth_mm
         return deep
     # Background: outside the mask, and the ring of voxels around the box.
-    outside = np.pad(~part, 1, constant_values=True).astype(np.float32)
-    grid = fourier.padded_shape(outside.shape, 2 * half + 1)
-    squared = 0.0
-    for axis, (h, size) in enumerate(zip(half, voxel_size)):
-        offsets = np.arange(-h, h + 1, dtype=np.float64) * size
-        shape = [1, 1, 1]
-        shape[axis] = offsets.size
-        squared = squared + (offsets * offsets).reshape(shape)
-    ball = np.sqrt(squared) < depth_mm
-    kernel = np.zeros(grid, dtype=np.float32)
-    index = np.nonzero(ball)
-    kernel[tuple((i - h) % n for i, h, n in zip(index, half, grid))] = 1.0
-    count = fourier.irfft(fourier.rfft(outside, grid) * fourier.rfft(kernel), grid)
-    deep[box] = part & (fourier.crop(count, outside.shape)[1:-1, 1:-1, 1:-1] < 0.5)
+    outside = np.pad(~part, 1, constant_values=True)
+    count = _sphere_sum(outside, voxel_size, float(depth_mm), closed=False)
+    deep[box] = part & (count[1:-1, 1:-1, 1:-1] < 0.5)
     return deep
 
 
