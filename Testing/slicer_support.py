@@ -30,8 +30,8 @@ import fake_qt
 
 REPO = Path(__file__).resolve().parents[1]
 QSM_DIR = REPO / "QSM"
-MODULE_DIRS = [QSM_DIR / "QSMCommon", QSM_DIR / "QSMReconstruction", QSM_DIR / "ROISusceptibility",
-               QSM_DIR / "SWI"]
+#: What Slicer puts on sys.path: the scripted modules' folders, and the one where qsmlib and qsmslicer are installed.
+MODULE_DIRS = [REPO / "QSMLib", QSM_DIR / "QSMReconstruction", QSM_DIR / "ROISusceptibility", QSM_DIR / "SWI"]
 #: The scripted modules of the extension: name -> folder.
 MODULES = {"QSMReconstruction": QSM_DIR / "QSMReconstruction", "SWI": QSM_DIR / "SWI",
            "ROISusceptibility": QSM_DIR / "ROISusceptibility"}

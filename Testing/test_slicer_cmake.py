@@ -30,7 +30,17 @@ def test_every_module_is_added_and_the_extension_adds_qsm():
     added = set(re.findall(r"add_subdirectory\(\s*(\w+)\s*\)", re.sub(r"#[^\n]*", "", (QSM_DIR / "CMakeLists.txt").read_text())))
     with_cmake = {p.parent.name for p in QSM_DIR.glob("*/CMakeLists.txt")}
     assert added == with_cmake
-    assert set(MODULES) | {"QSMCommon"} <= added
+    assert set(MODULES) <= added
+
+
+def test_qsmlib_and_qsmslicer_are_installed_with_every_python_file():
+    # the Slicer glue is the second package of the qsmlib distribution, installed next to qsmlib
+    cmake = re.sub(r"#[^\n]*", "", (REPO / "QSMLib" / "CMakeLists.txt").read_text())
+    for package in ("qsmlib", "qsmslicer"):
+        assert re.search(rf"file\(GLOB_RECURSE \w+ RELATIVE \$\{{CMAKE_CURRENT_SOURCE_DIR\}} {package}/\*\.py\)", cmake)
+        assert re.search(rf"slicerMacroBuildScriptedModule\(\s*NAME {package}\s", cmake)
+        assert (REPO / "QSMLib" / package / "__init__.py").is_file()
+    assert '"qsmslicer*"' in (REPO / "QSMLib" / "pyproject.toml").read_text()
 
 
 def test_icon_and_screenshot_urls_point_to_images_in_the_repository():
@@ -56,7 +66,7 @@ def test_cmake_lists_every_file_of_the_module(folder):
 
 
 def _mixin_class():
-    tree = ast.parse((QSM_DIR / "QSMCommon" / "qsmslicer" / "widget.py").read_text())
+    tree = ast.parse((REPO / "QSMLib" / "qsmslicer" / "widget.py").read_text())
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ParameterNodeWidgetMixin")
 
 

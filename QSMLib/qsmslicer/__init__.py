@@ -8,8 +8,15 @@
 - :mod:`qsmslicer.dependencies`: extra packages, installed only after asking;
 - :mod:`qsmslicer.threads`: qsmlib computes with the thread count of Slicer's ITK;
 - :mod:`qsmslicer.sample_data`: the simulated head as Sample Data, loadable by URI;
-- :mod:`qsmslicer.widget`: the parameter-node scaffolding every module Widget shares.
+- :mod:`qsmslicer.widget`: the parameter-node scaffolding every module Widget shares;
+- :mod:`qsmslicer.reconstruction`: QSM Reconstruction's Logic on a scene (nodes in, qsmlib,
+  nodes out), which the module adds its parameter node to and the web app runs as it is;
+- :mod:`qsmslicer.i18n`: Slicer's ``tr`` and ``translate``, the identity without Slicer.
 
+It is the second package of the qsmlib distribution, installed next to qsmlib.
 Everything but :mod:`qsmslicer.widget` needs only MRML (``slicer``, ``vtk``) and
-qsmlib, so the Logic runs in Slicer's Python console and in scripts.
+qsmlib: the Logic runs in Slicer's Python console, in scripts, and on a plain
+scene of the slicer-core wheel, which has no Slicer application and no Qt
+(those are imported only inside the functions that show dialogs or use
+Slicer's cache folder).
 """

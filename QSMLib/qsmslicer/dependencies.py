@@ -82,9 +82,14 @@ def ensure_packages_in_slicer(requester="QSM"):
     Raises :class:`DependencyError` when a package is still missing; the caller
     shows it (the Widgets call this inside ``slicer.util.tryWithErrorDisplay``).
     """
-    if not missing_packages():
+    missing = missing_packages()
+    if not missing:
         return []
-    import qt
+    try:
+        import qt
+    except ImportError:  # MRML without Slicer's application (slicer-core): no dialog to ask with
+        raise DependencyError(f"{requester} needs the Python packages {', '.join(missing)}; "
+                              "install them with pip") from None
     import slicer.util
 
     try:

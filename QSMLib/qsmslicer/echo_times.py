@@ -21,9 +21,9 @@ millisecond-looking values with a clear message rather than guessing.
 import re
 
 import slicer
-from slicer.i18n import tr
 
 from qsmlib.errors import QSMInputError
+from qsmslicer.i18n import tr
 
 ECHO_TIME_TAG = "0018,0081"
 FIELD_STRENGTH_TAG = "0018,0087"

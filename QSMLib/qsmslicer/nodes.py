@@ -111,6 +111,17 @@ def _name(node):
     return node.GetName() if node is not None else "(none)"
 
 
+def scene_of(node):
+    """The MRML scene that holds ``node``; outputs made from it go there.
+
+    Raises :class:`QSMInputError` for a node in no scene (one removed from its scene, say).
+    """
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        raise QSMInputError(f"'{_name(node)}' is in no MRML scene; add it to a scene first")
+    return scene
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-echo inputs
 
