@@ -20,13 +20,14 @@ SLICER_PYTHON_VERSION_5.10 := 3.12
 SLICER_PYTHON_VERSION_5.12 := 3.12
 # The Slicer modules' tests need slicer-core (Python >= 3.10, not Slicer's numpy); the main suite runs them.
 # No pytest cache: the stacks neither share one nor overwrite the main suite's (pytest --lf).
-SLICER_STACK_PYTEST_ARGS ?= --ignore-glob='Testing/test_slicer_*' -p no:cacheprovider
+# Nor the web app's (trame-slicer and Playwright need Python >= 3.10 and are not in Slicer's stacks).
+SLICER_STACK_PYTEST_ARGS ?= --ignore-glob='Testing/test_slicer_*' --ignore-glob='Testing/test_web_*' -p no:cacheprovider
 # The venvs are built one at a time, then this many stacks run their tests at once, each
 # stack's output printed whole when it ends. A test run spends about 60 % of its CPU time
 # in one thread (the rest in FFT threads), so two at once keep both cores busier.
 SLICER_STACK_JOBS ?= 2
 
-.PHONY: demo test test-main test-slicer-stacks slicer-check $(SLICER_STACKS:%=test-slicer-%) bench clean
+.PHONY: demo test test-main chromium test-slicer-stacks slicer-check $(SLICER_STACKS:%=test-slicer-%) bench clean
 
 $(STAMP): QSMLib/pyproject.toml QSMLib/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +40,22 @@ demo: $(STAMP)
 
 test: test-main test-slicer-stacks
 
-test-main: $(STAMP)
+test-main: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest Testing
+
+# The web app's browser tests drive Debian's Chromium (Testing/test_web_app.py); installed when missing.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install -y chromium (for the browser tests of qsm web)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || exit 1; \
+	  else \
+	    echo "make: the browser tests of qsm web need Debian's Chromium at $(CHROMIUM);" \
+	         "install it (sudo apt-get install -y chromium) and run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 test-slicer-stacks: $(SLICER_STACKS:%=.venv-slicer-%/.installed-stamp)
 	@$(MAKE) --no-print-directory --keep-going -j$(SLICER_STACK_JOBS) --output-sync=target $(SLICER_STACKS:%=test-slicer-%)
