@@ -15,11 +15,11 @@ import slicer
 from atlas_fixtures import dice, known_warp, other_body_part, warp_volume, warped_phantom
 from qsmlib import Cancelled
 from qsmlib.atlas import RegistrationFailed, RegistrationOptions, write_head_model_template
-from qsmlib.atlas.template import head_model_images, head_model_segments
+from qsmlib.atlas.template import DEEP_GREY_MATTER_SEGMENTS, head_model_images, head_model_segments
 from qsmlib.io import save_nifti
 from qsmlib.simulation import load_head_phantom, susceptibility_map
 from qsmslicer import nodes
-from ROISusceptibility import ATLAS_FOLDER_SETTING, DEEP_GREY_MATTER_SEGMENTS, ROISusceptibilityLogic
+from ROISusceptibility import ATLAS_FOLDER_SETTING, ROISusceptibilityLogic
 
 NAMES = [name for name, _rgb in DEEP_GREY_MATTER_SEGMENTS]
 

@@ -9,8 +9,10 @@ import slicer_support
 import slicer
 
 from qsmlib import QSMInputError
+from qsmlib.atlas.template import DEEP_GREY_MATTER_SEGMENTS
 from qsmslicer import nodes
-from ROISusceptibility import DEEP_GREY_MATTER_SEGMENTS, STATISTICS_COLUMNS, ROISusceptibilityLogic
+from qsmslicer.roi import STATISTICS_COLUMNS
+from ROISusceptibility import ROISusceptibilityLogic
 
 SHAPE = (20, 16, 12)
 AFFINE = np.array([[0.0, 0.0, 2.0, -12.0],  # oblique axes with anisotropic voxels
@@ -229,7 +231,7 @@ def _parts(known):
 
 
 def test_separation_parts_per_segment_are_exact_and_never_referenced(known, tmp_path):
-    from ROISusceptibility import SEPARATION_COLUMNS
+    from qsmslicer.roi import SEPARATION_COLUMNS
 
     _context, volume, segmentation, chi, labels, brain, brain_node = known
     chi_pos, chi_neg, pos, neg = _parts(known)

@@ -1,11 +1,11 @@
 """SWI: susceptibility-weighted images and minimum intensity projections from the scene.
 
-A thin adapter over qsmlib.swi: nodes in, qsmlib.swi.swi, nodes out. The
-Widget only wires the GUI to the parameter node and calls the Logic.
+A thin adapter over qsmlib.swi: nodes in, qsmlib.swi.swi, nodes out. That
+scene-level part is :class:`qsmslicer.swi.SwiLogic`, which the web app runs too;
+this module adds the parameter node. The Widget only wires the GUI to the
+parameter node and calls the Logic.
 """
 
-import logging
-from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
 import numpy as np
@@ -21,7 +21,7 @@ from slicer.util import VTKObservationMixin
 from qsmlib import swi as qsm_swi
 from qsmlib.errors import QSMInputError
 from qsmslicer import dependencies, echo_times, nodes, sample_data
-from qsmslicer import threads as slicer_threads
+from qsmslicer.swi import SWIOutputs, SwiLogic
 from qsmslicer.widget import ParameterNodeWidgetMixin
 
 
@@ -105,14 +105,11 @@ class SWIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
 # SWILogic
 #
 
-@dataclass
-class SWIOutputs:
-    swi: object
-    mip: object
+class SWILogic(ScriptedLoadableModuleLogic, SwiLogic):
+    """:class:`qsmslicer.swi.SwiLogic` (nodes in, qsmlib.swi, nodes out) with the parameter node.
 
-
-class SWILogic(ScriptedLoadableModuleLogic):
-    """Nodes in, qsmlib.swi, nodes out. Runs without a GUI."""
+    Runs without a GUI.
+    """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -141,55 +138,6 @@ class SWILogic(ScriptedLoadableModuleLogic):
         parameterNode.outputMIP = outputs.mip
         slicer.util.setSliceViewerLayers(background=outputs.mip)
         return outputs
-
-    @staticmethod
-    def projectionAxis(volume_node):
-        """The voxel axis closest to the scanner's S-I axis: the slice axis of the mIP."""
-        return int(np.argmax(np.abs(nodes.b0_direction(volume_node))))
-
-    def process(self, magnitude, phase, *, te_s=None, mask=None, mask_segment_ids=None, kind="negative",
-                power=4.0, filter_size=qsm_swi.DEFAULT_FILTER_SIZE, slab_mm=qsm_swi.DEFAULT_SLAB_MM,
-                phase_sign=1, output_name=None, outputs=None, dicom_lookup=None):
-        """SWI and mIP volumes from magnitude and phase nodes.
-
-        ``magnitude`` and ``phase`` are lists of scalar volumes, sequences or
-        multi-volumes (as in QSM Reconstruction). Echo times (s) are needed for
-        several echoes and are read from DICOM attributes when not given. The
-        mIP runs over ``slab_mm`` along the voxel axis closest to S-I. Outputs
-        carry the input's IJKToRAS.
-        """
-        dependencies.ensure_packages_in_slicer(_("SWI"))
-        from qsmlib.io.phase_scaling import phase_to_radians
-
-        if phase_sign not in (1, -1):
-            raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
-        magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
-        phase_array, phase_node = nodes.echo_series_array(phase, "phase")
-        nodes.check_same_geometry(phase_node, reference_node, "phase")
-        if magnitude_array.shape != phase_array.shape:
-            raise QSMInputError(f"magnitude has shape {magnitude_array.shape} but phase has {phase_array.shape}")
-        if te_s is None and magnitude_array.shape[3] > 1:
-            te_s = echo_times.echo_times_s(magnitude, nodes.echo_volume_nodes(magnitude), dicom_lookup)
-            if te_s is None:
-                raise QSMInputError("echo times: several echoes need echo times; type them in seconds")
-        phase_rad, scaling = phase_to_radians(phase_array, name="phase")
-        del phase_array
-        mask_array = None if mask is None else nodes.mask_from_node(mask, reference_node, mask_segment_ids)
-        with slicer_threads.computation_threads():  # the thread count of Slicer's own processing
-            result = qsm_swi.swi(magnitude_array, phase_sign * phase_rad, mask_array,
-                                 nodes.voxel_size(reference_node), te_s=te_s, filter_size=filter_size, kind=kind,
-                                 power=power, phase_convention="left-handed", slab_mm=slab_mm,
-                                 mip_axis=self.projectionAxis(reference_node))
-        logging.info("SWI: phase %s, mIP over %.1f mm", scaling["detected"], slab_mm)
-        outputs = outputs or SWIOutputs(None, None)
-        base = output_name or (magnitude[0] if isinstance(magnitude, (list, tuple)) else magnitude).GetName()
-        affine = nodes.ijk_to_ras(reference_node)
-        scene = (reference_node if isinstance(magnitude, (list, tuple)) else magnitude).GetScene()
-        swi_node = nodes.output_volume(scene, f"{base}_SWI", result.swi, affine, node=outputs.swi,
-                                       beside=reference_node)
-        mip_node = nodes.output_volume(scene, f"{base}_mIP", result.mip, affine, node=outputs.mip,
-                                       beside=reference_node)
-        return SWIOutputs(swi_node, mip_node)
 
 
 #

@@ -9,8 +9,9 @@
 - :mod:`qsmslicer.threads`: qsmlib computes with the thread count of Slicer's ITK;
 - :mod:`qsmslicer.sample_data`: the simulated head as Sample Data, loadable by URI;
 - :mod:`qsmslicer.widget`: the parameter-node scaffolding every module Widget shares;
-- :mod:`qsmslicer.reconstruction`: QSM Reconstruction's Logic on a scene (nodes in, qsmlib,
-  nodes out), which the module adds its parameter node to and the web app runs as it is;
+- :mod:`qsmslicer.reconstruction`, :mod:`qsmslicer.swi`, :mod:`qsmslicer.roi`: the modules'
+  Logic on a scene (nodes in, qsmlib, nodes out), which each module adds its parameter node
+  to and the web app runs as it is;
 - :mod:`qsmslicer.i18n`: Slicer's ``tr`` and ``translate``, the identity without Slicer.
 
 It is the second package of the qsmlib distribution, installed next to qsmlib.
