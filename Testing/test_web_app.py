@@ -208,6 +208,8 @@ def test_a_path_outside_the_data_folder_is_refused(page, server):
     page.locator("#qsm-magnitude").fill("../../../../../../../../etc/passwd")
     page.locator("#qsm-phase").fill("../../../../../../../../etc/passwd")
     page.locator("#qsm-phase").press("Tab")
+    page.wait_for_function("() => window.trame.state.get('phase_name') === '../../../../../../../../etc/passwd'",
+                           timeout=10_000)
     page.click("#qsm-load-files")
     page.wait_for_function("() => document.querySelector('#qsm-status').innerText.includes('outside')",
                            timeout=10_000)
@@ -216,3 +218,42 @@ def test_a_path_outside_the_data_folder_is_refused(page, server):
     assert "copy the file into the data folder" in status
     assert page.locator("#qsm-run").is_disabled()
     assert page.locator("#qsm-inputs").inner_text().strip() == "No input loaded."
+
+
+def test_nifti_files_of_the_data_folder_load_with_their_sidecar(page, server):
+    import json
+
+    from qsmlib.io import save_nifti
+    from qsmslicer import sample_data
+
+    _url, data, _log = server
+    head = sample_data.simulated_head(2.0)
+    (data / "sub").mkdir()
+    save_nifti(data / "sub" / "mag.nii.gz", head.magnitude, head.affine)
+    save_nifti(data / "sub" / "phase.nii.gz", head.phase, head.affine)
+    (data / "sub" / "mag.json").write_text(json.dumps({"EchoTime": [float(t) for t in head.te_s],
+                                                        "MagneticFieldStrength": 7}))
+    page.reload()  # the file list is read when the page connects
+    page.wait_for_selector("#qsm-load-files", timeout=60_000)
+    page.click("#qsm-magnitude")
+    page.wait_for_selector(".v-overlay .v-list-item", timeout=10_000)
+    assert page.locator(".v-overlay .v-list-item").all_inner_texts() == ["sub/mag.nii.gz", "sub/phase.nii.gz"]
+    page.locator(".v-overlay .v-list-item", has_text="sub/mag.nii.gz").click()
+    page.locator("#qsm-phase").fill("sub/phase.nii.gz")
+    page.locator("#qsm-phase").press("Tab")
+    # both names have reached the server's state before Load is pressed
+    page.wait_for_function("() => window.trame.state.get('magnitude_name') === 'sub/mag.nii.gz' && "
+                           "window.trame.state.get('phase_name') === 'sub/phase.nii.gz'", timeout=10_000)
+    page.click("#qsm-load-files")
+    page.wait_for_function("() => document.querySelector('#qsm-inputs').innerText.includes('echoes')",
+                           timeout=30_000)
+    assert page.locator("#qsm-inputs").inner_text().strip() == (
+        "sub/mag.nii.gz and sub/phase.nii.gz, 5 echoes; echo times and field strength from mag.json.")
+    assert page.locator("#qsm-te").input_value() == "0.004, 0.01, 0.016, 0.022, 0.028"
+    assert page.locator("#qsm-b0").input_value() == "7"
+    assert page.locator("#qsm-run").is_enabled()
+    red = page.locator("div:has(> #qsm-view-Red) img.image-display-area")
+    page.wait_for_timeout(1500)
+    shown = _image_stats(red.screenshot())
+    # the first echo's magnitude, grey: measured 48 % of the view above the black background
+    assert shown["non_background"] > 0.25 and shown["red"] < 0.001, shown

@@ -131,10 +131,12 @@ def test_qsm_web_warns_before_listening_beyond_this_machine(tmp_path, capsys, mo
     started = []
     monkeypatch.setattr(web, "serve", lambda **kwargs: started.append(kwargs))
     assert cli.main(["web", "--data", str(tmp_path), "--host", "0.0.0.0", "--port", "9000"]) == 0
-    assert started == [{"data_dir": str(tmp_path), "port": 9000, "host": "0.0.0.0"}]
+    assert started == [{"data_dir": str(tmp_path), "port": 9000, "host": "0.0.0.0", "threads": None}]
     assert "warning: --host 0.0.0.0: the app is reachable from other machines" in capsys.readouterr().err
     assert cli.main(["web", "--data", str(tmp_path)]) == 0
-    assert started[-1] == {"data_dir": str(tmp_path), "port": 8080, "host": "127.0.0.1"}
+    assert started[-1] == {"data_dir": str(tmp_path), "port": 8080, "host": "127.0.0.1", "threads": None}
+    assert cli.main(["web", "--data", str(tmp_path), "--threads", "1"]) == 0
+    assert started[-1]["threads"] == 1
     assert "warning" not in capsys.readouterr().err
 
 

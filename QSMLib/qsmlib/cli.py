@@ -30,7 +30,7 @@ from .pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, REFERENCE_M
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
 #: Subcommands that compute (FFTs, BLAS): each takes --threads N.
-THREADED_COMMANDS = ("run", "separate", "invert", "cosmos", "simulate", "swi", "r2star", "unwrap", "demo")
+THREADED_COMMANDS = ("run", "separate", "invert", "cosmos", "simulate", "swi", "r2star", "unwrap", "demo", "web")
 
 
 class ProgressPrinter:
@@ -300,7 +300,7 @@ def _run_web(args):
         print(f"qsm: warning: --host {args.host}: the app is reachable from other machines and has no log-in; "
               f"anyone who can connect can read the files of {args.data} and run reconstructions; use the "
               "default 127.0.0.1 with an SSH tunnel unless the network is trusted", file=sys.stderr)
-    web.serve(data_dir=args.data, port=args.port, host=args.host)
+    web.serve(data_dir=args.data, port=args.port, host=args.host, threads=args.threads)
 
 
 def _add_dicom_parsers(sub):

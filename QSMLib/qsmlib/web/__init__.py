@@ -33,13 +33,18 @@ def is_loopback(host):
     return host in LOOPBACK_HOSTS or str(host).startswith("127.")
 
 
-def serve(*, data_dir, port=8080, host="127.0.0.1", open_browser=False):
-    """Start the web app on ``host:port`` serving files of ``data_dir`` only; returns when it stops."""
+def serve(*, data_dir, port=8080, host="127.0.0.1", threads=None, open_browser=False):
+    """Start the web app on ``host:port`` serving files of ``data_dir`` only; returns when it stops.
+
+    ``threads``: the computing threads of each run (default: ``$QSMLIB_FFT_WORKERS``,
+    else all CPUs, as for ``qsm run``), recorded in the provenance.
+    """
+    from ..parallel import get_threads
     from .data_folder import DataFolder
 
     folder = DataFolder(data_dir)
     require_web_packages()
     from .app import QSMWebApp
 
-    app = QSMWebApp(folder)
+    app = QSMWebApp(folder, threads=threads or get_threads())
     app.server.start(port=port, host=host, open_browser=open_browser, show_connection_info=True)

@@ -47,15 +47,19 @@ class QSMWebApp:
         The only folder whose files the browser can open.
     server : trame Server or str, optional
         Default: a new server of its own.
+    threads : int, optional
+        Computing threads of each run (the Logic's ``threads``); default: the
+        count Slicer's ITK uses, as in the Slicer module.
     """
 
-    def __init__(self, data_folder, server=None):
+    def __init__(self, data_folder, server=None, threads=None):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
         self.data_folder = data_folder
+        self.threads = threads
         self.server = get_server(server or "qsm-web", client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
@@ -113,6 +117,7 @@ class QSMWebApp:
         state.warnings = []
         state.has_result = False
         state.change("preset")(self._on_preset)
+        self.server.controller.on_client_connected.add(self.refresh_files)
 
     def _set_status(self, text, kind="info"):
         self.state.status_text = text
@@ -123,6 +128,11 @@ class QSMWebApp:
             self.state.update(PRESETS[preset])
 
     # -- data -----------------------------------------------------------------------------------
+
+    def refresh_files(self, *_args):
+        """Read the data folder's file list again (when a page connects, and when a file box gets the focus)."""
+        with self.state:
+            self.state.files = self.data_folder.nifti_files()
 
     def _clear_scene_inputs(self):
         for node in self.magnitude + self.phase + list(self.outputs.values()):
@@ -199,7 +209,7 @@ class QSMWebApp:
                         "b0_t": inputs.parse_field_strength(self.state.b0_text),
                         "preset": self.state.preset, "unwrap": self.state.unwrap,
                         "bgremove": self.state.bgremove, "inversion": self.state.inversion,
-                        "reference": self.state.reference}
+                        "reference": self.state.reference, "threads": self.threads}
             if len(settings["te_s"]) != len(self.magnitude):
                 raise QSMInputError(f"echo times: {len(settings['te_s'])} given for {len(self.magnitude)} echoes; "
                                     "type one per echo in seconds")
@@ -321,9 +331,11 @@ class QSMWebApp:
         v3.VBtn("Load the simulated sample head", id="qsm-load-sample", block=True, classes="my-2",
                 click=self.load_sample, disabled=("running",))
         v3.VCombobox(label="Magnitude (4D NIfTI, echoes last)", id="qsm-magnitude", v_model=("magnitude_name",),
-                     items=("files",), density="compact", hide_details=True, classes="my-2")
+                     items=("files",), density="compact", hide_details=True, classes="my-2",
+                     update_focused=(self.refresh_files, "[$event]"))
         v3.VCombobox(label="Phase (4D NIfTI, echoes last)", id="qsm-phase", v_model=("phase_name",),
-                     items=("files",), density="compact", hide_details=True, classes="my-2")
+                     items=("files",), density="compact", hide_details=True, classes="my-2",
+                     update_focused=(self.refresh_files, "[$event]"))
         v3.VBtn("Load files", id="qsm-load-files", block=True, click=self.load_files, disabled=("running",))
         html.Div("{{ inputs_text }}", id="qsm-inputs", classes="text-caption my-2")
         v3.VTextField(label="Echo times (s)", id="qsm-te", v_model=("te_text",), density="compact",
