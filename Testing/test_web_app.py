@@ -208,7 +208,8 @@ def test_a_path_outside_the_data_folder_is_refused(page, server):
     page.locator("#qsm-magnitude").fill("../../../../../../../../etc/passwd")
     page.locator("#qsm-phase").fill("../../../../../../../../etc/passwd")
     page.locator("#qsm-phase").press("Tab")
-    page.wait_for_function("() => window.trame.state.get('phase_name') === '../../../../../../../../etc/passwd'",
+    page.wait_for_function("() => window.trame.state.get('magnitude_name') === '../../../../../../../../etc/passwd' "
+                           "&& window.trame.state.get('phase_name') === '../../../../../../../../etc/passwd'",
                            timeout=10_000)
     page.click("#qsm-load-files")
     page.wait_for_function("() => document.querySelector('#qsm-status').innerText.includes('outside')",
@@ -241,12 +242,13 @@ def test_nifti_files_of_the_data_folder_load_with_their_sidecar(page, server):
     page.locator(".v-overlay .v-list-item", has_text="sub/mag.nii.gz").click()
     page.locator("#qsm-phase").fill("sub/phase.nii.gz")
     page.locator("#qsm-phase").press("Tab")
-    # both names have reached the server's state before Load is pressed
+    # both boxes hold their name (the Load click sends them)
     page.wait_for_function("() => window.trame.state.get('magnitude_name') === 'sub/mag.nii.gz' && "
                            "window.trame.state.get('phase_name') === 'sub/phase.nii.gz'", timeout=10_000)
     page.click("#qsm-load-files")
-    page.wait_for_function("() => document.querySelector('#qsm-inputs').innerText.includes('echoes')",
-                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#qsm-inputs').innerText.includes('echoes') || "
+                           "window.trame.state.get('status_type') === 'error'", timeout=30_000)
+    assert "echoes" in page.locator("#qsm-inputs").inner_text(), _status(page)
     assert page.locator("#qsm-inputs").inner_text().strip() == (
         "sub/mag.nii.gz and sub/phase.nii.gz, 5 echoes; echo times and field strength from mag.json.")
     assert page.locator("#qsm-te").input_value() == "0.004, 0.01, 0.016, 0.022, 0.028"
@@ -257,3 +259,82 @@ def test_nifti_files_of_the_data_folder_load_with_their_sidecar(page, server):
     shown = _image_stats(red.screenshot())
     # the first echo's magnitude, grey: measured 48 % of the view above the black background
     assert shown["non_background"] > 0.25 and shown["red"] < 0.001, shown
+
+
+def _fast_run(page):
+    _load_sample(page)
+    page.click("#qsm-preset-fast")
+    page.wait_for_function("() => document.querySelector('#qsm-inversion').closest('.v-select')"
+                           ".innerText.includes('tkd')", timeout=10_000)
+    page.click("#qsm-run")
+    page.wait_for_function("() => document.querySelector('#qsm-download-chi') !== null", timeout=60_000)
+
+
+def _download(page, selector, path):
+    with page.expect_download() as download:
+        page.click(selector)
+    download.value.save_as(path)
+    return path
+
+
+def test_roi_segments_painted_in_the_browser_give_qsmlibs_statistics(page, tmp_path):
+    import csv
+
+    import nibabel as nib
+
+    from qsmlib.batch import label_statistics
+
+    _fast_run(page)
+    page.click("#qsm-roi-create")
+    page.wait_for_selector("#qsm-roi-paint", timeout=10_000)
+    page.wait_for_function("() => window.trame.state.get('roi_segments').length === 11", timeout=10_000)
+    page.locator("#qsm-roi-paint").check()
+    page.wait_for_function("() => window.trame.state.get('roi_paint') === true", timeout=10_000)
+    red = page.locator("div:has(> #qsm-view-Red) img.image-display-area")
+    box = red.bounding_box()
+    x, y = box["x"] + 0.45 * box["width"], box["y"] + 0.45 * box["height"]
+    edits = page.evaluate("() => window.trame.state.get('roi_edits')")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + 4 * step, y, steps=2)
+        page.wait_for_timeout(50)
+    page.mouse.up()
+    # the stroke has reached the segmentation, and no edit came in for half a second
+    page.wait_for_function(f"() => window.trame.state.get('roi_edits') > {edits}", timeout=10_000)
+    while True:
+        edits = page.evaluate("() => window.trame.state.get('roi_edits')")
+        page.wait_for_timeout(500)
+        if page.evaluate("() => window.trame.state.get('roi_edits')") == edits:
+            break
+    page.click("#qsm-roi-compute")
+    page.wait_for_selector("#qsm-roi-table", timeout=10_000)
+    assert page.locator("#qsm-roi-table tbody tr").count() == 11
+    assert "Statistics of 11 segments (reference: none)" in _status(page)
+
+    chi_file = nib.load(str(_download(page, "#qsm-download-chi", tmp_path / "chi.nii.gz")))
+    labels_file = nib.load(str(_download(page, "#qsm-download-roi-labels", tmp_path / "segments.nii.gz")))
+    with open(_download(page, "#qsm-download-roi-csv", tmp_path / "statistics.csv"), newline="") as f:
+        table = list(csv.DictReader(f))
+    chi = np.asarray(chi_file.dataobj, dtype=np.float32)
+    labels = np.asarray(labels_file.dataobj).astype(np.int64)
+    np.testing.assert_allclose(labels_file.affine, chi_file.affine, atol=1e-6)
+
+    # The stroke: 40 screen pixels (about 20 mm at this zoom) with a 6 mm brush on 2 mm voxels, in the axial
+    # red view, painted the first segment (Left caudate) only: about 10 x 3 voxels of one axial slice
+    # (measured 39 voxels).
+    painted = labels == 1
+    assert set(np.unique(labels).tolist()) == {0, 1}
+    assert 15 < int(painted.sum()) < 100, int(painted.sum())
+    assert len(np.unique(np.nonzero(painted)[2])) == 1  # one axial slice (the head's k axis is inferior-superior)
+    assert [row["Segment"] for row in table][:2] == ["Left caudate", "Right caudate"]
+    assert all(row["Voxel count"] == "0" for row in table[1:])
+
+    # the table equals qsmlib's statistics of the downloaded map on the painted voxels
+    expected = label_statistics(chi, labels, labels > 0, {1: "Left caudate"})
+    assert len(expected) == 1
+    row = table[0]
+    assert int(row["Voxel count"]) == expected[0]["voxels"] == int(painted.sum())
+    assert float(row["Mean"]) == pytest.approx(expected[0]["mean_ppm"], rel=1e-5, abs=1e-7)
+    assert float(row["Median"]) == pytest.approx(expected[0]["median_ppm"], rel=1e-5, abs=1e-7)
+    assert float(row["Volume"]) == pytest.approx(8.0 * expected[0]["voxels"])  # 2 mm voxels

@@ -9,7 +9,8 @@ Everything the panel does goes through code the Slicer modules share:
 - the sample head: ``ReconstructionLogic.addSimulatedHead``;
 - NIfTI files: :mod:`qsmlib.io` readers, :mod:`qsmslicer.nodes` to nodes;
 - the run: ``ReconstructionLogic.process`` via :mod:`qsmlib.web.runner`;
-- the display of the maps: :mod:`qsmslicer.display` (set by the Logic).
+- the display of the maps: :mod:`qsmslicer.display` (set by the Logic);
+- ROI Susceptibility: ``qsmslicer.roi.RoiLogic`` (:mod:`qsmlib.web.roi_panel`).
 
 The panel's widgets carry ``id`` attributes (``qsm-...``) for the browser tests.
 """
@@ -27,6 +28,9 @@ from trame.widgets import vuetify3 as v3
 from ..errors import QSMInputError
 from ..pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS
 from . import inputs
+from .data_panel import DataSourcesPanel
+from .roi_panel import RoiPanel
+from .swi_panel import SwiPanel
 from .runner import ReconstructionJob
 
 #: References the browser offers ("region" needs a segmentation, which the web app cannot make yet).
@@ -82,6 +86,8 @@ class QSMWebApp:
         self.job = None
         self.loop = None
         self._init_state()
+        self.roi = RoiPanel(self)
+        self.sources, self.swi = DataSourcesPanel(self), SwiPanel(self)
         self._build_ui()
 
     @property
@@ -131,10 +137,14 @@ class QSMWebApp:
 
     def refresh_files(self, *_args):
         """Read the data folder's file list again (when a page connects, and when a file box gets the focus)."""
-        with self.state:
-            self.state.files = self.data_folder.nifti_files()
+        files = self.data_folder.nifti_files()
+        if files != self.state.files:  # an unchanged list is not sent (it would re-render the boxes)
+            with self.state:
+                self.state.files = files
 
     def _clear_scene_inputs(self):
+        self.roi.reset()
+        self.swi.reset()
         for node in self.magnitude + self.phase + list(self.outputs.values()):
             self.scene.RemoveNode(node)
         self.magnitude, self.phase, self.outputs, self.provenance = [], [], {}, None
@@ -155,10 +165,18 @@ class QSMWebApp:
         self._inputs_ready(f"Simulated head, {SAMPLE_VOXEL_SIZE_MM:g} mm, {len(self.magnitude)} echoes "
                            "(echo times and field strength of the simulation).")
 
-    def load_files(self):
-        """Load the magnitude and phase files named in the panel (inside the data folder only)."""
+    def load_files(self, magnitude_name=None, phase_name=None):
+        """Load the magnitude and phase files named in the panel (inside the data folder only).
+
+        The page sends the names it shows with the click, so a name typed just
+        before the click is the one loaded.
+        """
         if self.state.running:
             return
+        if magnitude_name is not None:
+            self.state.magnitude_name = magnitude_name
+        if phase_name is not None:
+            self.state.phase_name = phase_name
         try:
             magnitude_path = self.data_folder.resolve(self.state.magnitude_name)
             phase_path = self.data_folder.resolve(self.state.phase_name)
@@ -197,10 +215,15 @@ class QSMWebApp:
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self):
+    #: Panel values a Run click sends along (so a value typed just before the click is the one used).
+    RUN_FIELDS = ("te_text", "b0_text", "preset", "unwrap", "bgremove", "inversion", "reference")
+
+    def run(self, *values):
         """Start the reconstruction with the panel's settings (a worker thread; Cancel stays live)."""
         if self.state.running:
             return
+        if values:
+            self.state.update(dict(zip(self.RUN_FIELDS, values)))
         if not self.magnitude:
             self._set_status("No input: load the sample head or magnitude and phase files first.", "error")
             return
@@ -260,6 +283,7 @@ class QSMWebApp:
             job.release()
 
     def _show_outputs(self, job):
+        self.roi.reset()
         for node in self.outputs.values():
             self.scene.RemoveNode(node)
         self.outputs = job.copy_outputs(self.scene)
@@ -322,6 +346,9 @@ class QSMWebApp:
                     self._reconstruction_panel(ctrl)
                     v3.VDivider(classes="my-3")
                     self._results_panel()
+                    self.swi.build()
+                    v3.VDivider(classes="my-3", v_if=("has_result",))
+                    self.roi.build()
             with v3.VMain():
                 with html.Div(style="height: calc(100vh - 48px); display: flex;"):
                     self.layout_manager.initialize_layout_grid(self.ui)
@@ -336,7 +363,9 @@ class QSMWebApp:
         v3.VCombobox(label="Phase (4D NIfTI, echoes last)", id="qsm-phase", v_model=("phase_name",),
                      items=("files",), density="compact", hide_details=True, classes="my-2",
                      update_focused=(self.refresh_files, "[$event]"))
-        v3.VBtn("Load files", id="qsm-load-files", block=True, click=self.load_files, disabled=("running",))
+        v3.VBtn("Load files", id="qsm-load-files", block=True, click=(self.load_files, "[magnitude_name, phase_name]"),
+                disabled=("running",))
+        self.sources.build()
         html.Div("{{ inputs_text }}", id="qsm-inputs", classes="text-caption my-2")
         v3.VTextField(label="Echo times (s)", id="qsm-te", v_model=("te_text",), density="compact",
                       hide_details=True, classes="my-2")
@@ -355,7 +384,7 @@ class QSMWebApp:
         v3.VSelect(label="Reference", id="qsm-reference", v_model=("reference",), items=("references",),
                    density="compact", hide_details=True, classes="my-2")
         with html.Div(classes="d-flex my-2"):
-            v3.VBtn("Run", id="qsm-run", color="primary", click=self.run, disabled=("running || !inputs_loaded",),
+            v3.VBtn("Run", id="qsm-run", color="primary", click=(self.run, f"[{', '.join(self.RUN_FIELDS)}]"), disabled=("running || !inputs_loaded",),
                     classes="mr-2")
             v3.VBtn("Cancel", id="qsm-cancel", click=self.cancel, disabled=("!running",))
         v3.VProgressLinear(model_value=("progress",), id="qsm-progress", height=8, color="primary",
