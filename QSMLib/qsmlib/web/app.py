@@ -28,9 +28,7 @@ from trame.widgets import vuetify3 as v3
 from ..errors import QSMInputError
 from ..pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS
 from . import inputs
-from .data_panel import DataSourcesPanel
 from .roi_panel import RoiPanel
-from .swi_panel import SwiPanel
 from .runner import ReconstructionJob
 
 #: References the browser offers ("region" needs a segmentation, which the web app cannot make yet).
@@ -87,7 +85,6 @@ class QSMWebApp:
         self.loop = None
         self._init_state()
         self.roi = RoiPanel(self)
-        self.sources, self.swi = DataSourcesPanel(self), SwiPanel(self)
         self._build_ui()
 
     @property
@@ -144,7 +141,6 @@ class QSMWebApp:
 
     def _clear_scene_inputs(self):
         self.roi.reset()
-        self.swi.reset()
         for node in self.magnitude + self.phase + list(self.outputs.values()):
             self.scene.RemoveNode(node)
         self.magnitude, self.phase, self.outputs, self.provenance = [], [], {}, None
@@ -346,7 +342,6 @@ class QSMWebApp:
                     self._reconstruction_panel(ctrl)
                     v3.VDivider(classes="my-3")
                     self._results_panel()
-                    self.swi.build()
                     v3.VDivider(classes="my-3", v_if=("has_result",))
                     self.roi.build()
             with v3.VMain():
@@ -365,7 +360,6 @@ class QSMWebApp:
                      update_focused=(self.refresh_files, "[$event]"))
         v3.VBtn("Load files", id="qsm-load-files", block=True, click=(self.load_files, "[magnitude_name, phase_name]"),
                 disabled=("running",))
-        self.sources.build()
         html.Div("{{ inputs_text }}", id="qsm-inputs", classes="text-caption my-2")
         v3.VTextField(label="Echo times (s)", id="qsm-te", v_model=("te_text",), density="compact",
                       hide_details=True, classes="my-2")
@@ -384,8 +378,8 @@ class QSMWebApp:
         v3.VSelect(label="Reference", id="qsm-reference", v_model=("reference",), items=("references",),
                    density="compact", hide_details=True, classes="my-2")
         with html.Div(classes="d-flex my-2"):
-            v3.VBtn("Run", id="qsm-run", color="primary", click=(self.run, f"[{', '.join(self.RUN_FIELDS)}]"), disabled=("running || !inputs_loaded",),
-                    classes="mr-2")
+            v3.VBtn("Run", id="qsm-run", color="primary", click=(self.run, f"[{', '.join(self.RUN_FIELDS)}]"),
+                    disabled=("running || !inputs_loaded",), classes="mr-2")
             v3.VBtn("Cancel", id="qsm-cancel", click=self.cancel, disabled=("!running",))
         v3.VProgressLinear(model_value=("progress",), id="qsm-progress", height=8, color="primary",
                            classes="my-2")
