@@ -1,7 +1,8 @@
 """The one server-side folder that the browser app may read: names in, checked paths out.
 
 The browser sends file names as text. Every name goes through
-:meth:`DataFolder.resolve`, which joins it to the folder given with
+:meth:`DataFolder.resolve` (a file) or :meth:`DataFolder.resolve_folder` (a
+BIDS dataset or DICOM folder, with everything in it), which joins it to the folder given with
 ``qsm web --data``, resolves every symbolic link, and refuses anything whose
 real path lies outside that folder (``../``, an absolute path, a link that
 points elsewhere). Nothing else in the web app opens a file named by the
@@ -81,6 +82,73 @@ class DataFolder:
         if not os.path.isfile(real):
             raise DataFolderError(f"{text}: is a folder, not a file; choose a NIfTI file of the data folder")
         return Path(real)
+
+    def resolve_folder(self, name, *, what="folder", check_tree=True):
+        """The real path of an existing folder ``name`` whose whole tree stays inside the data folder.
+
+        ``"."`` (or an empty name) is the data folder itself. Every file and
+        sub-folder below it is checked too, symbolic links followed, because
+        there: a link anywhere in the tree that leads out of the data folder
+        refuses the whole folder. ``check_tree=False`` checks the folder
+        itself only (for listing its sub-folders).
+
+        Raises
+        ------
+        DataFolderError
+            For an absolute name, a folder (or a link inside it) whose real path
+            leaves the data folder, and a name that is not an existing folder.
+            The message names ``what``, the path, the problem and the fix.
+        """
+        text = "." if name is None or not str(name).strip() else str(name).strip()
+        if "\x00" in text:
+            raise DataFolderError(f"{what} {text!r}: a folder name cannot hold a NUL character; choose a folder "
+                                  "of the data folder")
+        if os.path.isabs(text):
+            raise DataFolderError(f"{what} {text}: is an absolute path; give a name relative to the data folder "
+                                  f"{self.root} (only folders inside it can be opened)")
+        real = os.path.realpath(os.path.join(self.root, text))
+        if not is_within(real, str(self.root)):
+            raise DataFolderError(f"{what} {text}: leads to {real}, outside the data folder {self.root}; only "
+                                  "folders inside it can be opened: copy it into the data folder or restart "
+                                  "qsm web with --data naming a folder that holds it")
+        if not os.path.exists(real):
+            raise DataFolderError(f"{what} {text}: no such folder in the data folder {self.root}; choose one of "
+                                  "the folders listed")
+        if not os.path.isdir(real):
+            raise DataFolderError(f"{what} {text}: is a file, not a folder; choose a folder of the data folder")
+        if not check_tree:
+            return Path(real)
+        seen = set()
+        for directory, folders, files in os.walk(real, followlinks=True):
+            here = os.path.realpath(directory)
+            if here in seen:  # a link back up the tree: walked already
+                folders[:] = []
+                continue
+            seen.add(here)
+            for entry in folders + files:
+                path = os.path.join(directory, entry)
+                target = os.path.realpath(path)
+                if not is_within(target, str(self.root)):
+                    raise DataFolderError(f"{what} {text}: {self.relative_name(path)} leads to {target}, outside "
+                                          f"the data folder {self.root}; only files inside it can be opened: "
+                                          "replace the link by the files it points to, or remove it")
+        return Path(real)
+
+    def folders(self):
+        """Names of the folders inside the data folder ("." for the folder itself), sorted.
+
+        Hidden folders and links to folders are left out; at most
+        :data:`MAX_LISTED` names.
+        """
+        names = ["."]
+        for directory, folders, _files in os.walk(self.root):
+            folders[:] = sorted(f for f in folders
+                                if not f.startswith(".") and not os.path.islink(os.path.join(directory, f)))
+            for folder in folders:
+                names.append(self.relative_name(os.path.join(directory, folder)))
+                if len(names) >= MAX_LISTED:
+                    return names
+        return names
 
     def relative_name(self, path):
         """The name of ``path`` (inside the folder) relative to the folder, with forward slashes."""

@@ -1,6 +1,7 @@
-"""Inputs of the web app: NIfTI files of the data folder into MRML nodes, sidecar metadata, typed numbers.
+"""Inputs of the web app: NIfTI files, BIDS subjects and DICOM folders of the data folder into MRML nodes,
+sidecar metadata, typed numbers.
 
-Files are read by :mod:`qsmlib.io` (the same readers as ``qsm run``) and
+Files are read by :mod:`qsmlib.io` and :mod:`qsmlib.workflow` (the same readers as ``qsm run``) and
 become one scalar volume node per echo through :mod:`qsmslicer.nodes` (the
 same conversion as the Slicer modules), so the Logic gets what it gets in
 Slicer.
@@ -80,8 +81,104 @@ def load_echo_nodes(scene, path, kind, name):
     (list of vtkMRMLScalarVolumeNode, ndarray)
         The nodes and the file's affine.
     """
+    data, affine = load_echo_series([str(path)], kind)
+    return echo_nodes(scene, data, affine, name), affine
+
+
+def echo_nodes(scene, data, affine, name):
+    """One scalar volume per echo of an (X, Y, Z, E) array, added to ``scene`` as ``<name>_e1``, ``_e2``, ..."""
     from qsmslicer import nodes
 
-    data, affine = load_echo_series([str(path)], kind)
     return [nodes.output_volume(scene, f"{name}_e{echo + 1}", np.ascontiguousarray(data[..., echo]), affine)
-            for echo in range(data.shape[3])], affine
+            for echo in range(data.shape[3])]
+
+
+def bids_datasets(data_folder):
+    """Folders of the data folder that hold ``sub-*`` folders (BIDS datasets), as names for the panel."""
+    names = []
+    for name in data_folder.folders():
+        folder = data_folder.root / name
+        if any(child.name.startswith("sub-") and child.is_dir() for child in folder.iterdir()):
+            names.append(name)
+    return names
+
+
+def bids_subjects(data_folder, dataset):
+    """Subject labels (without ``sub-``) of a BIDS dataset of the data folder; empty for a bad name."""
+    return _labels(data_folder, dataset, "sub-")
+
+
+def bids_sessions(data_folder, dataset, subject):
+    """Session labels (without ``ses-``) of one subject; empty when the subject has no session folders."""
+    if not subject:
+        return []
+    return _labels(data_folder, f"{dataset or '.'}/sub-{subject}", "ses-")
+
+
+def _labels(data_folder, name, prefix):
+    try:
+        folder = data_folder.resolve_folder(name, check_tree=False)
+    except QSMInputError:
+        return []
+    return sorted(child.name[len(prefix):] for child in folder.iterdir()
+                  if child.name.startswith(prefix) and child.is_dir() and not child.is_symlink())
+
+
+def load_bids(data_folder, dataset, subject=None, session=None):
+    """The MEGRE series of one subject (and session) of a BIDS dataset in the data folder.
+
+    The dataset is found and read by ``qsm run --bids``'s code
+    (:func:`qsmlib.workflow.load_run_inputs`, :func:`qsmlib.io.bids.find_megre`):
+    echo times and field strength from the sidecars. The dataset folder, and
+    the subject's folder with everything in it, must lie inside the data
+    folder (links included).
+
+    Returns
+    -------
+    (MultiEchoData, dict)
+        The data, and what ``find_megre`` found (files, subject, session, series).
+
+    Raises
+    ------
+    QSMInputError
+        Naming the dataset, what is wrong and the fix.
+    """
+    from ..workflow import load_run_inputs
+
+    name = dataset or "."
+    root = data_folder.resolve_folder(name, what="BIDS dataset", check_tree=subject is None)
+    if subject:
+        data_folder.resolve_folder(f"{name}/sub-{subject}" + (f"/ses-{session}" if session else ""),
+                                   what="BIDS subject folder")
+    try:
+        return load_run_inputs(bids_dir=root, subject=subject or None, session=session or None,
+                               what="the web app's inputs")
+    except QSMInputError as exc:
+        raise QSMInputError(f"BIDS dataset {name}: {exc}".replace("--subject", "the subject")
+                            .replace("--session", "the session")) from None
+
+
+def load_dicom_folder(data_folder, name):
+    """A multi-echo GRE acquisition from a DICOM folder of the data folder (``qsm run --dicom``'s reader).
+
+    Echo times and field strength come from the DICOM attributes (EchoTime,
+    MagneticFieldStrength); the phase is rescaled to radians by the vendor's
+    convention. The folder and everything in it must lie inside the data folder.
+
+    Returns
+    -------
+    MultiEchoData
+
+    Raises
+    ------
+    QSMInputError
+        Naming the folder, what is wrong and the fix.
+    """
+    from ..workflow import load_run_inputs
+
+    folder = data_folder.resolve_folder(name, what="DICOM folder")
+    try:
+        data, _bids = load_run_inputs(dicom_dir=folder, what="the web app's inputs")
+    except QSMInputError as exc:
+        raise QSMInputError(f"DICOM folder {name or '.'}: {exc}") from None
+    return data
