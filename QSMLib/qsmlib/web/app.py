@@ -8,7 +8,9 @@ Everything the panel does goes through code the Slicer modules share:
 
 - the sample head: ``ReconstructionLogic.addSimulatedHead``;
 - NIfTI files: :mod:`qsmlib.io` readers, :mod:`qsmslicer.nodes` to nodes;
+- BIDS subjects and DICOM folders: ``qsm run``'s readers (:mod:`qsmlib.web.data_panel`);
 - the run: ``ReconstructionLogic.process`` via :mod:`qsmlib.web.runner`;
+- SWI and mIP: ``qsmslicer.swi.SwiLogic`` via the same runner (:mod:`qsmlib.web.swi_panel`);
 - the display of the maps: :mod:`qsmslicer.display` (set by the Logic);
 - ROI Susceptibility: ``qsmslicer.roi.RoiLogic`` (:mod:`qsmlib.web.roi_panel`).
 
@@ -28,8 +30,10 @@ from trame.widgets import vuetify3 as v3
 from ..errors import QSMInputError
 from ..pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS
 from . import inputs
+from .data_panel import DataSourcesPanel
 from .roi_panel import RoiPanel
-from .runner import ReconstructionJob
+from .runner import reconstruction_job
+from .swi_panel import SwiPanel
 
 #: References the browser offers ("region" needs a segmentation, which the web app cannot make yet).
 WEB_REFERENCES = ("brain", "csf", "none")
@@ -85,6 +89,7 @@ class QSMWebApp:
         self.loop = None
         self._init_state()
         self.roi = RoiPanel(self)
+        self.sources, self.swi = DataSourcesPanel(self), SwiPanel(self)
         self._build_ui()
 
     @property
@@ -141,6 +146,7 @@ class QSMWebApp:
 
     def _clear_scene_inputs(self):
         self.roi.reset()
+        self.swi.reset()
         for node in self.magnitude + self.phase + list(self.outputs.values()):
             self.scene.RemoveNode(node)
         self.magnitude, self.phase, self.outputs, self.provenance = [], [], {}, None
@@ -236,7 +242,7 @@ class QSMWebApp:
             self._set_status(str(exc), "error")
             return
         self.loop = asyncio.get_event_loop()
-        self.job = ReconstructionJob(self.magnitude, self.phase, settings)
+        self.job = reconstruction_job(self.magnitude, self.phase, settings)
         self.state.running = True
         self.state.progress = 0
         self.state.stage = "Starting..."
@@ -342,6 +348,7 @@ class QSMWebApp:
                     self._reconstruction_panel(ctrl)
                     v3.VDivider(classes="my-3")
                     self._results_panel()
+                    self.swi.build()
                     v3.VDivider(classes="my-3", v_if=("has_result",))
                     self.roi.build()
             with v3.VMain():
@@ -360,6 +367,7 @@ class QSMWebApp:
                      update_focused=(self.refresh_files, "[$event]"))
         v3.VBtn("Load files", id="qsm-load-files", block=True, click=(self.load_files, "[magnitude_name, phase_name]"),
                 disabled=("running",))
+        self.sources.build()
         html.Div("{{ inputs_text }}", id="qsm-inputs", classes="text-caption my-2")
         v3.VTextField(label="Echo times (s)", id="qsm-te", v_model=("te_text",), density="compact",
                       hide_details=True, classes="my-2")

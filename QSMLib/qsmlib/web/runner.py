@@ -1,27 +1,28 @@
-"""One reconstruction of the web app: the shared Logic in a worker thread, on a private scene.
+"""Runs of the web app: a shared Logic called in a worker thread, on a private scene.
 
 MRML and VTK rendering are not thread-safe, and the app's scene is rendered
 by the server thread for the browser. So a run never touches that scene from
 another thread:
 
-1. :class:`ReconstructionJob` (built on the server thread) copies the input
-   nodes into a private ``vtkMRMLScene``;
-2. :meth:`ReconstructionJob.start` runs
-   ``qsmslicer.reconstruction.ReconstructionLogic().process`` (the Logic of
-   the Slicer module, nothing re-implemented here) on that scene in a worker
-   thread; progress and the end are reported through callbacks that the app
-   hands on to its event loop;
-3. :meth:`ReconstructionJob.copy_outputs` (back on the server thread) copies
-   the output nodes, their display settings and attributes into the app's
-   scene.
+1. :class:`LogicJob` (built on the server thread) copies the input nodes into
+   a private ``vtkMRMLScene``;
+2. :meth:`LogicJob.start` calls the Logic (the Slicer module's, nothing
+   re-implemented here: ``ReconstructionLogic().process`` for
+   :func:`reconstruction_job`, ``SwiLogic().process`` for :func:`swi_job`)
+   on those copies in a worker thread; progress and the end are reported
+   through callbacks that the app hands on to its event loop;
+3. :meth:`LogicJob.copy_outputs` (back on the server thread) copies the output
+   nodes, their display settings and attributes into the app's scene.
 """
 
 import threading
 
 from ..errors import Cancelled
 
-#: Outputs of a run, in the order they are copied: attribute of ReconstructionOutputs -> node name suffix.
+#: Outputs of a reconstruction, in the order they are copied (attributes of ReconstructionOutputs).
 OUTPUT_NODES = ("susceptibility", "local_field", "total_field", "mask")
+#: Outputs of an SWI run (attributes of SWIOutputs).
+SWI_OUTPUT_NODES = ("swi", "mip")
 
 
 def copy_volume(node, scene):
@@ -48,26 +49,37 @@ def copy_volume(node, scene):
     return copy
 
 
-class ReconstructionJob:
-    """A reconstruction of magnitude and phase nodes, run off the server thread.
+class LogicJob:
+    """One call of a shared Logic on copies of the app's nodes, run off the server thread.
 
     Parameters
     ----------
-    magnitude, phase : list of vtkMRMLScalarVolumeNode
-        The echoes in the app's scene; copied here, on the calling thread.
+    logic_call : callable
+        Called in the worker as ``logic_call(**copies, **settings)``, plus
+        ``progress=`` (a :class:`qsmslicer.progress.ProgressAdapter`) when
+        ``takes_progress``; returns an object whose attributes
+        ``output_names`` are output nodes (or None).
+    volumes : dict
+        Keyword of ``logic_call`` -> list of volume nodes in the app's scene;
+        copied here, on the calling thread, into the job's private scene.
     settings : dict
-        Keyword arguments of ``ReconstructionLogic.process`` (``te_s``,
-        ``b0_t``, ``preset``, ``unwrap``, ``bgremove``, ``inversion``,
-        ``reference``, ...).
+        The other keyword arguments of ``logic_call``.
+    output_names : sequence of str
+        The result's attributes that :meth:`copy_outputs` copies back.
+    takes_progress : bool
+        Whether ``logic_call`` reports progress (and so can be cancelled
+        part-way); otherwise Cancel only stops a job that has not started.
     """
 
-    def __init__(self, magnitude, phase, settings):
+    def __init__(self, logic_call, volumes, settings, output_names, *, takes_progress=True):
         import slicer
 
         self.scene = slicer.vtkMRMLScene()
-        self.magnitude = [copy_volume(node, self.scene) for node in magnitude]
-        self.phase = [copy_volume(node, self.scene) for node in phase]
+        self.logic_call = logic_call
+        self.inputs = {key: [copy_volume(node, self.scene) for node in nodes] for key, nodes in volumes.items()}
         self.settings = dict(settings)
+        self.output_names = tuple(output_names)
+        self.takes_progress = takes_progress
         self.cancel_event = threading.Event()
         self.outputs = None
         self.error = None
@@ -92,10 +104,11 @@ class ReconstructionJob:
         self.thread.start()
 
     def _work(self, adapter, finished):
-        from qsmslicer.reconstruction import ReconstructionLogic
-
         try:
-            self.outputs = ReconstructionLogic().process(self.magnitude, self.phase, progress=adapter, **self.settings)
+            if self.cancel_event.is_set():
+                raise Cancelled("cancelled before the start")
+            extra = {"progress": adapter} if self.takes_progress else {}
+            self.outputs = self.logic_call(**self.inputs, **self.settings, **extra)
         except Cancelled:
             self.cancelled = True
         except Exception as exc:  # shown in the app's status line; the server goes on
@@ -106,7 +119,7 @@ class ReconstructionJob:
     def copy_outputs(self, scene):
         """The output volumes copied into ``scene`` (call on the thread that owns it): name -> node."""
         copies = {}
-        for name in OUTPUT_NODES:
+        for name in self.output_names:
             node = getattr(self.outputs, name, None)
             if node is not None:
                 copies[name] = copy_volume(node, scene)
@@ -115,3 +128,28 @@ class ReconstructionJob:
     def release(self):
         """Free the private scene."""
         self.scene.Clear(1)
+
+
+def reconstruction_job(magnitude, phase, settings):
+    """A :class:`LogicJob` of ``ReconstructionLogic().process`` (the QSM Reconstruction module's Logic).
+
+    ``settings``: its keyword arguments (``te_s``, ``b0_t``, ``preset``,
+    ``unwrap``, ``bgremove``, ``inversion``, ``reference``, ``threads``, ...).
+    """
+    from qsmslicer.reconstruction import ReconstructionLogic
+
+    return LogicJob(ReconstructionLogic().process, {"magnitude": magnitude, "phase": phase}, settings,
+                    OUTPUT_NODES)
+
+
+def swi_job(magnitude, phase, settings):
+    """A :class:`LogicJob` of ``SwiLogic().process`` (the SWI module's Logic): outputs ``swi`` and ``mip``.
+
+    ``settings``: its keyword arguments (``te_s``, ``kind``, ``power``,
+    ``slab_mm``, ...). The Logic reports no progress: Cancel stops it only
+    before it starts (it takes seconds).
+    """
+    from qsmslicer.swi import SwiLogic
+
+    return LogicJob(SwiLogic().process, {"magnitude": magnitude, "phase": phase}, settings, SWI_OUTPUT_NODES,
+                    takes_progress=False)

@@ -1,0 +1,206 @@
+"""SWI and its minimum intensity projection in the browser, and the choice of the map the views show.
+
+The run is the SWI module's Logic (``qsmslicer.swi.SwiLogic().process``) on
+copies of the loaded echoes, in a worker thread (:func:`qsmlib.web.runner.swi_job`,
+the same job class as the reconstruction); its two volumes are copied back into
+the app's scene, offered as NIfTI downloads, and shown in the slice views
+through the *Shown in the views* selector (magnitude, susceptibility over the
+magnitude, SWI, mIP).
+"""
+
+import asyncio
+import os
+import tempfile
+import time
+
+from trame.widgets import html
+from trame.widgets import vuetify3 as v3
+
+from ..errors import QSMInputError
+from . import inputs
+from .runner import swi_job
+
+#: Downloads of the SWI run: output -> file name.
+SWI_DOWNLOADS = {"swi": "swi.nii.gz", "mip": "mip.nii.gz"}
+#: The maps the views can show: key -> label.
+SHOWN_LABELS = {"magnitude": "Magnitude (echo 1)", "susceptibility": "Susceptibility over the magnitude",
+                "swi": "SWI", "mip": "SWI minimum intensity projection (mIP)"}
+
+
+class SwiPanel:
+    """The SWI part of the side panel and the selector of the map shown in the slice views.
+
+    Parameters
+    ----------
+    app : qsmlib.web.app.QSMWebApp
+        Gives the loaded echoes (``app.magnitude``, ``app.phase``), the
+        panel's echo times, the scene and the views.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.job = None
+        self.loop = None
+        self.outputs = {}
+        self.source = None  # the magnitude nodes the outputs were computed from
+        self.started = 0.0
+        state = app.state
+        state.swi_running = False
+        state.swi_ready = False
+        state.swi_status = ""
+        state.swi_status_type = "info"
+        state.shown_map = "magnitude"
+        state.change("shown_map")(self._on_shown)
+        state.change("has_result")(self._on_result)
+
+    @property
+    def state(self):
+        return self.app.state
+
+    def reset(self):
+        """Forget the SWI volumes (new inputs replaced the echoes they came from)."""
+        for node in self.outputs.values():
+            self.app.scene.RemoveNode(node)
+        self.outputs, self.source = {}, None
+        self.state.swi_ready = False
+        self.state.swi_status = ""
+        self.state.shown_map = "magnitude"
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, te_text=None):
+        """Start SWI and mIP on the loaded echoes with the panel's echo times (a worker thread).
+
+        The page sends the echo times it shows with the click.
+        """
+        app, state = self.app, self.state
+        if state.running or state.swi_running:
+            return
+        if te_text is not None:
+            state.te_text = te_text
+        if not app.magnitude:
+            self._status("No input: load the sample head, files, a BIDS subject or a DICOM folder first.", "error")
+            return
+        try:
+            te_s = inputs.parse_echo_times(state.te_text)
+            if len(te_s) != len(app.magnitude):
+                raise QSMInputError(f"echo times: {len(te_s)} given for {len(app.magnitude)} echoes; type one per "
+                                    "echo in seconds")
+        except QSMInputError as exc:
+            self._status(str(exc), "error")
+            return
+        self.loop = asyncio.get_event_loop()
+        self.source = list(app.magnitude)
+        self.job = swi_job(app.magnitude, app.phase, {"te_s": te_s})
+        self.started = time.monotonic()
+        state.swi_running = True
+        self._status("Computing SWI and mIP...", "info")
+        self.job.start(lambda _text, _percent: None, self._finished_from_worker)
+
+    def _finished_from_worker(self, job):
+        self.loop.call_soon_threadsafe(self._finish, job)
+
+    def _finish(self, job):
+        with self.state:
+            self.state.swi_running = False
+            self.job = None
+            try:
+                if job.error is not None:
+                    error = job.error
+                    kind = "Bad input" if isinstance(error, QSMInputError) else f"Error ({type(error).__name__})"
+                    self._status(f"SWI: {kind}: {error}", "error")
+                elif job.cancelled or self.source != list(self.app.magnitude):
+                    self._status("SWI: the inputs changed during the run; run it again.", "warning")
+                else:
+                    self._show_outputs(job)
+            finally:
+                job.release()
+
+    def _show_outputs(self, job):
+        for node in self.outputs.values():
+            self.app.scene.RemoveNode(node)
+        self.outputs = job.copy_outputs(self.app.scene)
+        self.state.swi_ready = True
+        self.state.shown_map = "swi"
+        self._on_shown("swi")
+        seconds = time.monotonic() - self.started
+        self._status(f"SWI and mIP ready ({len(self.source)} echoes, {seconds:.1f} s); the views show the SWI.",
+                     "success")
+
+    def _status(self, text, kind):
+        self.state.swi_status = text
+        self.state.swi_status_type = kind
+
+    # -- the views ------------------------------------------------------------------------------
+
+    def _available(self):
+        available = ["magnitude"] if self.app.magnitude else []
+        if "susceptibility" in self.app.outputs:
+            available.append("susceptibility")
+        if self.outputs and self.source == list(self.app.magnitude):
+            available += list(SWI_DOWNLOADS)
+        return available
+
+    def _on_result(self, has_result=False, **_):
+        # a new map shown by the app, or none any more: the selector follows
+        if has_result:
+            self.state.shown_map = "susceptibility"
+        elif self.state.shown_map == "susceptibility":
+            self.state.shown_map = "magnitude"
+
+    def _on_shown(self, shown_map, **_):
+        """Show the chosen map: SWI or mIP alone, the susceptibility over the magnitude, or the magnitude."""
+        app = self.app
+        if shown_map not in self._available():
+            return
+        display = app.slicer_app.display_manager
+        if shown_map in SWI_DOWNLOADS:
+            display.show_volume_in_slice_background(self.outputs[shown_map])
+            display.show_volume_in_slice_foreground(None)
+        else:
+            display.show_volume_in_slice_background(app.magnitude[0])
+            display.show_volume_in_slice_foreground(app.outputs["susceptibility"] if shown_map == "susceptibility"
+                                                    else None)
+            if shown_map == "susceptibility":
+                for view in app.slicer_app.view_manager.get_slice_views():
+                    view.set_foreground_opacity(0.8)
+
+    # -- downloads ------------------------------------------------------------------------------
+
+    def download(self, key):
+        """The bytes of the SWI or mIP volume as a NIfTI file (.nii.gz), written through qsmlib.io."""
+        from qsmlib.io import save_nifti
+        from qsmslicer import nodes
+
+        node = self.outputs.get(key)
+        if node is None or key not in SWI_DOWNLOADS:
+            return None
+        with tempfile.TemporaryDirectory(prefix="qsm-web-") as folder:
+            path = os.path.join(folder, SWI_DOWNLOADS[key])
+            save_nifti(path, nodes.array_from_volume(node), nodes.ijk_to_ras(node), dtype="float32")
+            with open(path, "rb") as f:
+                return f.read()
+
+    # -- the page -------------------------------------------------------------------------------
+
+    def build(self):
+        """The view selector, the SWI button, its status line and downloads."""
+        trigger = self.app.server.controller.trigger_name
+        # the choices follow the state's flags on the page: the magnitude, then the maps made from it
+        choices = ", ".join(f"({flag} ? [{{value: '{key}', title: '{SHOWN_LABELS[key]}'}}] : [])"
+                            for key, flag in (("magnitude", "true"), ("susceptibility", "has_result"),
+                                              ("swi", "swi_ready"), ("mip", "swi_ready")))
+        v3.VSelect(label="Shown in the views", id="qsm-shown-map", v_model=("shown_map",),
+                   items=(f"[].concat({choices})",), density="compact", hide_details=True, classes="my-2",
+                   v_if=("inputs_loaded",))
+        html.Div("SWI", classes="text-h6 mt-2")
+        v3.VBtn("Compute SWI and mIP", id="qsm-swi-run", block=True, classes="my-2", click=(self.run, "[te_text]"),
+                disabled=("running || swi_running || !inputs_loaded",), loading=("swi_running",))
+        v3.VAlert(text=("swi_status",), type=("swi_status_type",), id="qsm-swi-status", density="compact",
+                  variant="tonal", classes="my-2", v_if=("swi_status",),
+                  style="white-space: pre-wrap; word-break: break-word;")
+        with html.Div(v_if=("swi_ready",), classes="d-flex flex-wrap"):
+            download = trigger(self.download)
+            for key, file_name in SWI_DOWNLOADS.items():
+                v3.VBtn(file_name, id=f"qsm-download-{key}", size="small", classes="ma-1", prepend_icon="mdi-download",
+                        click=f"utils.download('{file_name}', trigger('{download}', ['{key}']), 'application/gzip')")
