@@ -10,105 +10,17 @@ Set ``QSM_WEB_SCREENSHOT=path.png`` to save a screenshot of the app after the
 run (the README's Resources/Screenshots/web-app.png is made that way).
 """
 
-import io
 import os
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from playwright import sync_api as playwright_api
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1400, "height": 900}
-#: Seconds the server may take to listen (imports of VTK and MRML, the first views).
-SERVER_START_S = 90
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium (Debian's package; ``make test`` installs it)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install -y chromium) or run make test")
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path):
-    """``qsm web`` on a free loopback port with an empty data folder; yields (url, data folder, log path)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "qsmlib", "web", "--port", str(port), "--data", str(data)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"qsm web ended with status {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"qsm web did not listen within {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/", data, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def page(browser, server):
-    url, _data, _log = server
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    tab = context.new_page()
-    tab.goto(url)
-    tab.wait_for_selector("#qsm-load-sample", timeout=60_000)
-    yield tab
-    context.close()
-
-
-def _status(page):
-    return page.locator("#qsm-status").inner_text()
-
-
-def _load_sample(page):
-    page.click("#qsm-load-sample")
-    page.wait_for_function("() => document.querySelector('#qsm-te') && "
-                           "document.querySelector('#qsm-te').value.length > 0", timeout=60_000)
-
-
-def _image_stats(png_bytes):
-    """Grey-level std, share of pixels above the black background, shares of red and of blue pixels, shape."""
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"), dtype=np.float64)
-    grey = rgb.mean(axis=2)
-    red = np.mean(rgb[..., 0] > rgb[..., 2] + 40)
-    blue = np.mean(rgb[..., 2] > rgb[..., 0] + 40)
-    return {"std": float(grey.std()), "non_background": float(np.mean(grey > 10)), "red": float(red),
-            "blue": float(blue), "shape": grey.shape}
+from web_support import browser, page, server  # noqa: F401 (the fixtures the tests use)
+from web_support import download as _download
+from web_support import image_stats as _image_stats
+from web_support import load_sample as _load_sample
+from web_support import status as _status
 
 
 def test_sample_head_fast_run_shows_the_map_and_downloads_the_logics_result(page, tmp_path):
@@ -268,13 +180,6 @@ def _fast_run(page):
                            ".innerText.includes('tkd')", timeout=10_000)
     page.click("#qsm-run")
     page.wait_for_function("() => document.querySelector('#qsm-download-chi') !== null", timeout=60_000)
-
-
-def _download(page, selector, path):
-    with page.expect_download() as download:
-        page.click(selector)
-    download.value.save_as(path)
-    return path
 
 
 def test_roi_segments_painted_in_the_browser_give_qsmlibs_statistics(page, tmp_path):
