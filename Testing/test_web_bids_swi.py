@@ -78,6 +78,35 @@ def test_a_bids_subject_loads_through_the_panel_with_its_sidecars_values(page, s
     assert "sub-02/ses-b" in page.locator("#qsm-inputs").inner_text()
 
 
+def test_a_dicom_folder_loads_through_the_panel_with_its_attributes(page, server):
+    import dicom_fixtures as fixtures
+
+    _url, data, _log = server
+    fixtures.write_siemens(data / "scans" / "gre")
+    page.locator("#qsm-dicom").fill("scans/gre")
+    page.locator("#qsm-dicom").press("Tab")
+    page.wait_for_function("() => window.trame.state.get('dicom_folder') === 'scans/gre'", timeout=10_000)
+    page.click("#qsm-load-dicom")
+    page.wait_for_function("() => document.querySelector('#qsm-inputs').innerText.includes('echoes') || "
+                           "window.trame.state.get('status_type') === 'error'", timeout=30_000)
+    assert page.locator("#qsm-inputs").inner_text().strip() == (
+        "DICOM scans/gre: series 6 'gre_qsm_pha', series 5 'gre_qsm_mag', 3 echoes; echo times and field "
+        "strength from the DICOM attributes."), status(page)
+    assert [float(t) for t in page.locator("#qsm-te").input_value().split(",")] == list(fixtures.TE_S)
+    assert float(page.locator("#qsm-b0").input_value()) == fixtures.B0_T
+    assert page.locator("#qsm-run").is_enabled()
+    # a folder that holds no DICOM series: the status line names it and what is wrong
+    (data / "notes").mkdir()
+    (data / "notes" / "readme.txt").write_text("not DICOM")
+    page.locator("#qsm-dicom").fill("notes")
+    page.locator("#qsm-dicom").press("Tab")
+    page.wait_for_function("() => window.trame.state.get('dicom_folder') === 'notes'", timeout=10_000)
+    page.click("#qsm-load-dicom")
+    page.wait_for_function("() => window.trame.state.get('status_type') === 'error'", timeout=30_000)
+    assert status(page).startswith("DICOM folder notes: "), status(page)
+    assert "scans/gre" in page.locator("#qsm-inputs").inner_text()  # the loaded inputs stay
+
+
 def test_swi_of_the_sample_head_is_shown_and_downloads_swilogics_result(page, tmp_path):
     import nibabel as nib
     import slicer
@@ -135,3 +164,14 @@ def test_swi_of_the_sample_head_is_shown_and_downloads_swilogics_result(page, tm
     mip_view = image_stats(red.screenshot())
     print(f"red view with the mIP: {mip_view}")
     assert mip_view["non_background"] > 0.25 and abs(mip_view["std"] - swi_view["std"]) > 0.5, (swi_view, mip_view)
+
+    # a reconstruction afterwards: the views and the selector turn to its map; SWI stays offered
+    page.click("#qsm-preset-fast")
+    page.wait_for_function("() => window.trame.state.get('inversion') === 'tkd'", timeout=10_000)
+    page.click("#qsm-run")
+    page.wait_for_function("() => document.querySelector('#qsm-download-chi') !== null", timeout=60_000)
+    page.wait_for_function("() => window.trame.state.get('shown_map') === 'susceptibility'", timeout=10_000)
+    page.wait_for_timeout(1500)
+    chi_view = image_stats(red.screenshot())
+    assert chi_view["red"] > 0.015 and chi_view["blue"] > 0.005, chi_view  # as in test_web_app's fast run
+    assert page.locator("#qsm-download-swi").count() == 1

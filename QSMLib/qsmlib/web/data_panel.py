@@ -8,6 +8,8 @@ echo times and field strength they carry fill the panel's fields, which stay
 editable; the inputs then replace the app's as a NIfTI load does.
 """
 
+import re
+
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
@@ -108,7 +110,8 @@ class DataSourcesPanel:
         except (QSMInputError, OSError) as exc:
             self._error(str(exc))
             return
-        series = "; ".join(data.sources.get("dicom_series", []))
+        # "series 5 'gre_mag' (1.2.826...)": the number and description, without the UID
+        series = ", ".join(re.sub(r" \([0-9.]+\)$", "", text) for text in data.sources.get("dicom_series", []))
         self._replace_inputs(data, f"DICOM {name}: {series}, {data.magnitude.shape[3]} echoes; echo times and "
                                    "field strength from the DICOM attributes.")
 

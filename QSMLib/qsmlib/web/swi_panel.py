@@ -51,7 +51,7 @@ class SwiPanel:
         state.swi_status_type = "info"
         state.shown_map = "magnitude"
         state.change("shown_map")(self._on_shown)
-        state.change("has_result")(self._on_result)
+        state.change("has_result", "running")(self._on_result)
 
     @property
     def state(self):
@@ -141,11 +141,11 @@ class SwiPanel:
             available += list(SWI_DOWNLOADS)
         return available
 
-    def _on_result(self, has_result=False, **_):
-        # a new map shown by the app, or none any more: the selector follows
-        if has_result:
+    def _on_result(self, has_result=False, running=False, **_):
+        # a reconstruction ended with a map, which the app shows, or the map is gone: the selector follows
+        if has_result and not running and self.state.stage == "Done":
             self.state.shown_map = "susceptibility"
-        elif self.state.shown_map == "susceptibility":
+        elif not has_result and self.state.shown_map == "susceptibility":
             self.state.shown_map = "magnitude"
 
     def _on_shown(self, shown_map, **_):
