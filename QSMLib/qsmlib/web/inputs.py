@@ -97,9 +97,11 @@ def bids_datasets(data_folder):
     """Folders of the data folder that hold ``sub-*`` folders (BIDS datasets), as names for the panel."""
     names = []
     for name in data_folder.folders():
-        folder = data_folder.root / name
-        if any(child.name.startswith("sub-") and child.is_dir() for child in folder.iterdir()):
-            names.append(name)
+        try:
+            if any(child.name.startswith("sub-") and child.is_dir() for child in (data_folder.root / name).iterdir()):
+                names.append(name)
+        except OSError:  # an unreadable folder is not offered
+            continue
     return names
 
 
@@ -118,10 +120,10 @@ def bids_sessions(data_folder, dataset, subject):
 def _labels(data_folder, name, prefix):
     try:
         folder = data_folder.resolve_folder(name, check_tree=False)
-    except QSMInputError:
+        return sorted(child.name[len(prefix):] for child in folder.iterdir()
+                      if child.name.startswith(prefix) and child.is_dir() and not child.is_symlink())
+    except (QSMInputError, OSError):  # nothing to offer: the load names the problem
         return []
-    return sorted(child.name[len(prefix):] for child in folder.iterdir()
-                  if child.name.startswith(prefix) and child.is_dir() and not child.is_symlink())
 
 
 def load_bids(data_folder, dataset, subject=None, session=None):
