@@ -92,10 +92,19 @@ def test_a_dataset_at_the_top_of_the_data_folder_is_offered_as_dot(data):
 def test_bids_errors_name_the_dataset_and_the_fix(data):
     _write_bids(data / "study")
     folder = DataFolder(data)
-    with pytest.raises(QSMInputError, match=r"^BIDS dataset study: .*holds 2 subjects .*choose one with the subject"):
+    # the fixes name what the panel offers, not qsm run's options
+    with pytest.raises(QSMInputError, match=r"^BIDS dataset study: .*holds 2 subjects .*choose one in the Subject box"):
         inputs.load_bids(folder, "study", None)
-    with pytest.raises(QSMInputError, match=r"^BIDS dataset study: .*several MEGRE series for sub-02"):
+    with pytest.raises(QSMInputError, match=r"^BIDS dataset study: .*several MEGRE series for sub-02 .*; choose one "
+                                            r"in the Session box, or load the magnitude and phase as NIfTI files$"):
         inputs.load_bids(folder, "study", "02")
+    for echo in (1, 2, 3):
+        sidecar = data / "study" / "sub-01" / "anat" / f"sub-01_echo-{echo}_part-mag_MEGRE.json"
+        sidecar.write_text(sidecar.read_text().replace('"MagneticFieldStrength"', '"FieldStrength"'))
+    with pytest.raises(QSMInputError, match=r"^BIDS dataset study: .*MagneticFieldStrength is missing .*; add "
+                                            r"MagneticFieldStrength \(T\) to the sidecars, or load the images as "
+                                            r"NIfTI files and type the field strength$"):
+        inputs.load_bids(folder, "study", "01")
     with pytest.raises(DataFolderError, match=r"^BIDS subject folder study/sub-03: no such folder"):
         inputs.load_bids(folder, "study", "03")
     (data / "study" / "sub-01" / "anat" / "sub-01_echo-2_part-mag_MEGRE.json").write_text('{"EchoTime": "soon"}')
@@ -160,7 +169,23 @@ def test_dicom_folders_that_leave_the_data_folder_or_hold_no_series_are_refused(
         inputs.load_dicom_folder(folder, "mixed")
     with pytest.raises(DataFolderError, match=r"^DICOM folder /etc: is an absolute path"):
         inputs.load_dicom_folder(folder, "/etc")
-    with pytest.raises(QSMInputError, match=r"^DICOM folder empty: "):
+    with pytest.raises(QSMInputError, match=r"^DICOM folder empty: .*notes.txt: holds no DICOM images"):
         inputs.load_dicom_folder(folder, "empty")
     with pytest.raises(DataFolderError, match=r"^DICOM folder empty/notes.txt: is a file, not a folder"):
         inputs.load_dicom_folder(folder, "empty/notes.txt")
+
+
+def test_a_dicom_folder_without_field_strength_names_the_conversion_that_fixes_it(siemens, tmp_path):
+    import pydicom
+
+    source, _fixture = siemens
+    data = tmp_path / "data"
+    (data / "nob0").mkdir(parents=True)
+    for path in sorted((source / "scans" / "gre").iterdir()):
+        ds = pydicom.dcmread(str(path))
+        del ds.MagneticFieldStrength
+        ds.save_as(str(data / "nob0" / path.name))
+    with pytest.raises(QSMInputError, match=r"^DICOM folder nob0: .*has no MagneticFieldStrength; convert the folder "
+                                            r"with qsm dicom2bids --b0 T into the data folder and load that BIDS "
+                                            r"subject$"):
+        inputs.load_dicom_folder(DataFolder(data), "nob0")

@@ -126,6 +126,31 @@ def _labels(data_folder, name, prefix):
         return []
 
 
+#: The readers' fixes name ``qsm run``'s options; in the browser they become what the panel offers.
+BIDS_FIXES = (
+    ("choose one with --subject", "choose one in the Subject box"),
+    ("choose with --session, or give the files with --mag/--phase",
+     "choose one in the Session box, or load the magnitude and phase as NIfTI files"),
+    ("or give --te", "or load the images as NIfTI files and type the echo times"),
+    ("give --b0 in tesla", "add MagneticFieldStrength (T) to the sidecars, or load the images as NIfTI files "
+                           "and type the field strength"),
+)
+DICOM_FIXES = (
+    ("give --te in seconds, one per echo", "convert the folder with qsm dicom2bids --te S [S ...] into the data "
+                                           "folder and load that BIDS subject"),
+    ("give --b0 in tesla", "convert the folder with qsm dicom2bids --b0 T into the data folder and load that "
+                           "BIDS subject"),
+    ("convert it with dcm2niix and use --mag/--phase", "convert it with dcm2niix into the data folder and load "
+                                                       "the NIfTI files"),
+)
+
+
+def _in_the_browser(message, fixes):
+    for cli_fix, web_fix in fixes:
+        message = message.replace(cli_fix, web_fix)
+    return message
+
+
 def load_bids(data_folder, dataset, subject=None, session=None):
     """The MEGRE series of one subject (and session) of a BIDS dataset in the data folder.
 
@@ -156,8 +181,7 @@ def load_bids(data_folder, dataset, subject=None, session=None):
         return load_run_inputs(bids_dir=root, subject=subject or None, session=session or None,
                                what="the web app's inputs")
     except QSMInputError as exc:
-        raise QSMInputError(f"BIDS dataset {name}: {exc}".replace("--subject", "the subject")
-                            .replace("--session", "the session")) from None
+        raise QSMInputError(f"BIDS dataset {name}: {_in_the_browser(str(exc), BIDS_FIXES)}") from None
 
 
 def load_dicom_folder(data_folder, name):
@@ -182,5 +206,5 @@ def load_dicom_folder(data_folder, name):
     try:
         data, _bids = load_run_inputs(dicom_dir=folder, what="the web app's inputs")
     except QSMInputError as exc:
-        raise QSMInputError(f"DICOM folder {name or '.'}: {exc}") from None
+        raise QSMInputError(f"DICOM folder {name or '.'}: {_in_the_browser(str(exc), DICOM_FIXES)}") from None
     return data
