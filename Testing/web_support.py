@@ -124,15 +124,18 @@ def load_files(page, magnitude, phase):
 
 
 def image_stats(png_bytes):
-    """Grey-level std, share of pixels above the black background, shares of red and of blue pixels, shape."""
+    """Grey-level std, share of pixels above the black background, shares of red, of blue and of any clearly
+    coloured (not grey) pixels, shape."""
     from PIL import Image
 
     rgb = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"), dtype=np.float64)
     grey = rgb.mean(axis=2)
     red = np.mean(rgb[..., 0] > rgb[..., 2] + 40)
     blue = np.mean(rgb[..., 2] > rgb[..., 0] + 40)
+    coloured = np.mean(rgb.max(axis=2) - rgb.min(axis=2) > 40)
     return {"std": float(grey.std()), "non_background": float(np.mean(grey > 10)), "red": float(red),
-            "blue": float(blue), "shape": grey.shape}
+            "blue": float(blue), "coloured": float(coloured), "shape": grey.shape}
+
 
 def download(page, selector, path):
     """Click ``selector``, save the file the page sends at ``path``; returns ``path``."""

@@ -213,7 +213,12 @@ class QSMWebApp:
         display = self.slicer_app.display_manager
         display.show_volume_in_slice_background(shown)
         display.show_volume_in_slice_foreground(None)
+        # the three slice planes in the 3D view, as Slicer's "visible in 3D" eye of each slice view shows them
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.set_visible_in_3d(True)
         display.reset_views()
+        for view in self.slicer_app.view_manager.get_threed_views():
+            _turn_to_see_three_planes(view)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -428,6 +433,19 @@ def _slice_view_ui(server, view_id, view):
 
     html.Span(id=f"qsm-view-{view.get_singleton_tag()}", style="display: none;")
     create_vertical_slice_view_gutter_ui(server, view_id, view)
+
+
+def _turn_to_see_three_planes(view, azimuth_deg=35.0, elevation_deg=25.0):
+    """Turn the 3D view's camera from the front (where the axial and sagittal planes are edge-on) obliquely."""
+    camera_node = view.get_camera_node()
+    if camera_node is None:
+        return
+    camera = camera_node.GetCamera()
+    camera.Azimuth(azimuth_deg)
+    camera.Elevation(elevation_deg)
+    camera.OrthogonalizeViewUp()
+    camera_node.ResetClippingRange()
+    view.schedule_render()
 
 
 def _scratch_scene():

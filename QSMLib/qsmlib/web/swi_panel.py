@@ -4,8 +4,11 @@ The run is the SWI module's Logic (``qsmslicer.swi.SwiLogic().process``) on
 copies of the loaded echoes, in a worker thread (:func:`qsmlib.web.runner.swi_job`,
 the same job class as the reconstruction); its two volumes are copied back into
 the app's scene, offered as NIfTI downloads, and shown in the slice views
-through the *Shown in the views* selector (magnitude, susceptibility over the
-magnitude, SWI, mIP).
+through the *Shown in the views* selector: the magnitude; after a reconstruction
+the susceptibility over the magnitude, the local and the total field (alone, with
+the diverging display that ``qsmslicer.display.show_field`` set in the Logic and
+the runner's copies keep) and the mask (a labelmap in the slice views' label
+layer, coloured over the magnitude as Slicer shows one); after SWI the SWI and mIP.
 """
 
 import asyncio
@@ -24,7 +27,13 @@ from .runner import swi_job
 SWI_DOWNLOADS = {"swi": "swi.nii.gz", "mip": "mip.nii.gz"}
 #: The maps the views can show: key -> label.
 SHOWN_LABELS = {"magnitude": "Magnitude (echo 1)", "susceptibility": "Susceptibility over the magnitude",
-                "swi": "SWI", "mip": "SWI minimum intensity projection (mIP)"}
+                "local_field": "Local field (Hz)", "total_field": "Total field (Hz)",
+                "mask": "Brain mask over the magnitude", "swi": "SWI",
+                "mip": "SWI minimum intensity projection (mIP)"}
+#: Maps of a reconstruction shown alone in the slice views (their display is the Logic's).
+FIELD_MAPS = ("local_field", "total_field")
+#: Opacity of the mask's label layer over the magnitude (the magnitude stays readable under it).
+MASK_OPACITY = 0.5
 
 
 class SwiPanel:
@@ -135,8 +144,7 @@ class SwiPanel:
 
     def _available(self):
         available = ["magnitude"] if self.app.magnitude else []
-        if "susceptibility" in self.app.outputs:
-            available.append("susceptibility")
+        available += [key for key in ("susceptibility",) + FIELD_MAPS + ("mask",) if key in self.app.outputs]
         if self.outputs and self.source == list(self.app.magnitude):
             available += list(SWI_DOWNLOADS)
         return available
@@ -149,13 +157,15 @@ class SwiPanel:
             self.state.shown_map = "magnitude"
 
     def _on_shown(self, shown_map, **_):
-        """Show the chosen map: SWI or mIP alone, the susceptibility over the magnitude, or the magnitude."""
+        """Show the chosen map: a field, SWI or mIP alone; the susceptibility or the mask over the magnitude."""
         app = self.app
         if shown_map not in self._available():
             return
         display = app.slicer_app.display_manager
-        if shown_map in SWI_DOWNLOADS:
-            display.show_volume_in_slice_background(self.outputs[shown_map])
+        show_label_layer(app.scene, app.outputs["mask"] if shown_map == "mask" else None)
+        if shown_map in SWI_DOWNLOADS or shown_map in FIELD_MAPS:
+            display.show_volume_in_slice_background((self.outputs if shown_map in SWI_DOWNLOADS
+                                                     else app.outputs)[shown_map])
             display.show_volume_in_slice_foreground(None)
         else:
             display.show_volume_in_slice_background(app.magnitude[0])
@@ -189,7 +199,8 @@ class SwiPanel:
         # the choices follow the state's flags on the page: the magnitude, then the maps made from it
         choices = ", ".join(f"({flag} ? [{{value: '{key}', title: '{SHOWN_LABELS[key]}'}}] : [])"
                             for key, flag in (("magnitude", "true"), ("susceptibility", "has_result"),
-                                              ("swi", "swi_ready"), ("mip", "swi_ready")))
+                                              ("local_field", "has_result"), ("total_field", "has_result"),
+                                              ("mask", "has_result"), ("swi", "swi_ready"), ("mip", "swi_ready")))
         v3.VSelect(label="Shown in the views", id="qsm-shown-map", v_model=("shown_map",),
                    items=(f"[].concat({choices})",), density="compact", hide_details=True, classes="my-2",
                    v_if=("inputs_loaded",))
@@ -204,3 +215,18 @@ class SwiPanel:
             for key, file_name in SWI_DOWNLOADS.items():
                 v3.VBtn(file_name, id=f"qsm-download-{key}", size="small", classes="ma-1", prepend_icon="mdi-download",
                         click=f"utils.download('{file_name}', trigger('{download}', ['{key}']), 'application/gzip')")
+
+
+def show_label_layer(scene, labelmap, opacity=MASK_OPACITY):
+    """``labelmap`` (or nothing) in the label layer of every slice view, filled at ``opacity``.
+
+    trame-slicer's views set only the background and foreground layers; the
+    label layer is set on the views' slice composite nodes, as Slicer's
+    ``slicer.util.setSliceViewerLayers(label=...)`` does.
+    """
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        composite.SetLabelVolumeID(labelmap.GetID() if labelmap is not None else None)
+        if labelmap is not None:
+            composite.SetLabelOpacity(opacity)
