@@ -243,3 +243,19 @@ def test_roi_segments_painted_in_the_browser_give_qsmlibs_statistics(page, tmp_p
     assert float(row["Mean"]) == pytest.approx(expected[0]["mean_ppm"], rel=1e-5, abs=1e-7)
     assert float(row["Median"]) == pytest.approx(expected[0]["median_ppm"], rel=1e-5, abs=1e-7)
     assert float(row["Volume"]) == pytest.approx(8.0 * expected[0]["voxels"])  # 2 mm voxels
+
+    # The plot: RoiLogic.createBarPlot's chart drawn in the page, one bar per segment (the table's rows, in its
+    # order) with the table's mean, the SD as an error bar; segments without voxels have a bar of no height.
+    plot = page.locator("#qsm-roi-plot svg")
+    assert "Mean susceptibility (ppm)" in plot.locator(".qsm-y-title").text_content()
+    bars = plot.locator("rect.qsm-bar").evaluate_all(
+        "rects => rects.map(r => [r.dataset.label, Number(r.dataset.value), r.getBBox().height])")
+    assert [label for label, _value, _height in bars] == [row["Segment"] for row in table]
+    assert bars[0][1] == pytest.approx(float(row["Mean"]), rel=1e-5, abs=1e-7)
+    assert bars[0][2] > 5  # pixels: the only bar with a height
+    assert all(np.isnan(value) and height == 0 for _label, value, height in bars[1:]), bars
+    error_bars = plot.locator("line.qsm-error-bar").evaluate_all(
+        "lines => lines.map(l => [l.dataset.label, Number(l.dataset.low), Number(l.dataset.high)])")
+    assert len(error_bars) == 1 and error_bars[0][0] == "Left caudate", error_bars
+    assert error_bars[0][1] == pytest.approx(float(row["Mean"]) - float(row["SD"]), rel=1e-5, abs=1e-7)
+    assert error_bars[0][2] == pytest.approx(float(row["Mean"]) + float(row["SD"]), rel=1e-5, abs=1e-7)
