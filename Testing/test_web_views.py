@@ -7,9 +7,11 @@ labelmap coloured over the magnitude). The checks are pixel statistics of
 screenshots of the red view, against the downloaded mask for the mask view.
 """
 
+import re
 import time
 
 import numpy as np
+import pytest
 
 from web_support import browser, page, server  # noqa: F401 (the fixtures the tests use)
 from web_support import download, image_stats, load_sample, status
@@ -62,8 +64,12 @@ def test_the_fields_and_the_mask_of_a_run_are_shown_in_the_red_view(page, tmp_pa
     page.wait_for_function("() => window.trame.state.get('shown_map') === 'susceptibility'", timeout=10_000)
     print(f"fast run: {time.monotonic() - started:.1f} s")
 
+    caption = page.locator("#qsm-shown-caption")
+    assert caption.inner_text().startswith("Susceptibility over the magnitude, -0.15 to +0.15 ppm"), \
+        caption.inner_text()
     magnitude = _show(page, "magnitude", "Magnitude")
     local = _show(page, "local_field", "Local field")
+    local_caption = caption.inner_text()
     total = _show(page, "total_field", "Total field")
     mask_view = _show(page, "mask", "Brain mask")
     print(f"red view: magnitude {magnitude}\nlocal field {local}\ntotal field {total}\nmask {mask_view}")
@@ -92,6 +98,16 @@ def test_the_fields_and_the_mask_of_a_run_are_shown_in_the_red_view(page, tmp_pa
     print(f"mask: {seen:.4f} of the slice coloured; the mask holds {expected:.4f} of slice {middle}")
     assert abs(seen - expected) < 0.008, (seen, expected)
     assert abs(mask_view["non_background"] - magnitude["non_background"]) < 0.01  # the magnitude under it
+
+    # the local field's window, as the caption gives it from the display node, is the Logic's (show_field):
+    # +- the 99th percentile of |local field| in the mask, from the downloaded files
+    local_field = np.asarray(nib.load(str(download(page, "#qsm-download-local_field",
+                                                   tmp_path / "local_field.nii.gz"))).dataobj)
+    window = float(np.percentile(np.abs(local_field[mask]), 99.0))
+    match = re.match(r"Local field, -([0-9.e+-]+) to \+([0-9.e+-]+) Hz", local_caption)
+    assert match is not None and match.group(1) == match.group(2), local_caption
+    print(f"local field window: {local_caption}; 99th percentile of |field| in the mask {window:.5g} Hz")
+    assert float(match.group(1)) == pytest.approx(window, rel=1e-3)  # 4 significant digits in the caption
 
     # back to the susceptibility: no mask left in the label layer
     chi = _show(page, "susceptibility", "Susceptibility")

@@ -213,6 +213,7 @@ class QSMWebApp:
         display = self.slicer_app.display_manager
         display.show_volume_in_slice_background(shown)
         display.show_volume_in_slice_foreground(None)
+        self.state.shown_caption = self.swi.caption("magnitude")
         # the three slice planes in the 3D view, as Slicer's "visible in 3D" eye of each slice view shows them
         for view in self.slicer_app.view_manager.get_slice_views():
             view.set_visible_in_3d(True)
@@ -301,6 +302,7 @@ class QSMWebApp:
         display.show_volume_in_slice_foreground(chi)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.set_foreground_opacity(0.8)
+        self.state.shown_caption = self.swi.caption("susceptibility")
         warnings = list(self.provenance.get("warnings", []))
         self.state.warnings = warnings
         self.state.progress = 100
@@ -405,8 +407,6 @@ class QSMWebApp:
     def _results_panel(self):
         trigger = self.server.controller.trigger_name
         html.Div("Results", classes="text-h6")
-        html.Div("Susceptibility over the magnitude, -0.15 to +0.15 ppm, blue to red.", classes="text-caption",
-                 v_if=("has_result",))
         with html.Div(v_if=("has_result",), classes="d-flex flex-wrap"):
             map_trigger = trigger(self.download_map)
             for key, (_node, file_name) in DOWNLOADS.items():

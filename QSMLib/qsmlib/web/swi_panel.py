@@ -59,6 +59,7 @@ class SwiPanel:
         state.swi_status = ""
         state.swi_status_type = "info"
         state.shown_map = "magnitude"
+        state.shown_caption = ""
         state.change("shown_map")(self._on_shown)
         state.change("has_result", "running")(self._on_result)
 
@@ -74,6 +75,7 @@ class SwiPanel:
         self.state.swi_ready = False
         self.state.swi_status = ""
         self.state.shown_map = "magnitude"
+        self.state.shown_caption = ""
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -174,6 +176,22 @@ class SwiPanel:
             if shown_map == "susceptibility":
                 for view in app.slicer_app.view_manager.get_slice_views():
                     view.set_foreground_opacity(0.8)
+        self.state.shown_caption = self.caption(shown_map)
+
+    def caption(self, shown_map):
+        """What the views show, with the window of a diverging map as its display node holds it."""
+        node = (self.outputs if shown_map in SWI_DOWNLOADS else self.app.outputs).get(shown_map)
+        display_node = node.GetDisplayNode() if node is not None else None
+        half = display_node.GetWindow() / 2.0 if display_node is not None and shown_map != "mask" else None
+        if shown_map == "susceptibility":
+            return f"Susceptibility over the magnitude, -{half:.4g} to +{half:.4g} ppm, blue to red (opacity 0.8)."
+        if shown_map in FIELD_MAPS:
+            name = "Local field" if shown_map == "local_field" else "Total field"
+            return (f"{name}, -{half:.4g} to +{half:.4g} Hz, blue to red (the window is the "
+                    "99th percentile of |field| in the mask).")
+        if shown_map == "mask":
+            return f"Brain mask (labelmap) at opacity {MASK_OPACITY:g} over the magnitude."
+        return f"{SHOWN_LABELS[shown_map]}, grey."
 
     # -- downloads ------------------------------------------------------------------------------
 
@@ -204,6 +222,7 @@ class SwiPanel:
         v3.VSelect(label="Shown in the views", id="qsm-shown-map", v_model=("shown_map",),
                    items=(f"[].concat({choices})",), density="compact", hide_details=True, classes="my-2",
                    v_if=("inputs_loaded",))
+        html.Div("{{ shown_caption }}", id="qsm-shown-caption", classes="text-caption", v_if=("inputs_loaded",))
         html.Div("SWI", classes="text-h6 mt-2")
         v3.VBtn("Compute SWI and mIP", id="qsm-swi-run", block=True, classes="my-2", click=(self.run, "[te_text]"),
                 disabled=("running || swi_running || !inputs_loaded",), loading=("swi_running",))
