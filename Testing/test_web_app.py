@@ -259,3 +259,19 @@ def test_roi_segments_painted_in_the_browser_give_qsmlibs_statistics(page, tmp_p
     assert len(error_bars) == 1 and error_bars[0][0] == "Left caudate", error_bars
     assert error_bars[0][1] == pytest.approx(float(row["Mean"]) - float(row["SD"]), rel=1e-5, abs=1e-7)
     assert error_bars[0][2] == pytest.approx(float(row["Mean"]) + float(row["SD"]), rel=1e-5, abs=1e-7)
+
+    # the painted segment as its own reference (the map is already referenced to the brain, so its mean is
+    # 0.021 ppm here): the table and the plot are recomputed, the plot from the new series only
+    page.locator("#qsm-roi-reference-segment").check()
+    page.locator(".v-field:has(#qsm-roi-reference-segment)").click()
+    page.locator(".v-overlay .v-list-item", has_text="Left caudate").first.click()
+    page.wait_for_function("() => window.trame.state.get('roi_reference_segment') !== null", timeout=10_000)
+    page.click("#qsm-roi-compute")
+    page.wait_for_function("() => window.trame.state.get('roi_reference_text').includes('Left caudate')",
+                           timeout=10_000)
+    with open(_download(page, "#qsm-download-roi-csv", tmp_path / "statistics-referenced.csv"), newline="") as f:
+        referenced = list(csv.DictReader(f))[0]
+    assert abs(float(row["Mean"])) > 1e-3 and float(referenced["Mean"]) == pytest.approx(0.0, abs=1e-7)
+    bars = plot.locator("rect.qsm-bar").evaluate_all("rects => rects.map(r => Number(r.dataset.value))")
+    assert len(bars) == len(table)
+    assert bars[0] == pytest.approx(float(referenced["Mean"]), rel=1e-5, abs=1e-7)
