@@ -16,8 +16,17 @@ _TOL = 1e-3
 MIN_RADIAN_SPAN = 0.5
 
 
+#: Elements converted at a time: the float64 temporaries stay small beside the image.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+def _sample(values, count):
+    """About ``count`` values (every n-th along the first axis), as float64."""
+    return np.asarray(values[:: max(1, values.size // count)], dtype=np.float64)
+
+
 def _is_integer_valued(values):
-    sample = values[:: max(1, values.size // 200000)]
+    sample = _sample(values, 200000)
     return bool(np.all(np.abs(sample - np.round(sample)) < 1e-6))
 
 
@@ -27,7 +36,7 @@ def _quantisation_step(values):
     A 12-bit phase has 4096 levels and its maximum is one step below +pi, so the
     full 2 pi corresponds to the observed range plus one step.
     """
-    levels = np.unique(values[:: max(1, values.size // 2000000)])
+    levels = np.unique(_sample(values, 2000000))
     if levels.size < 16 or levels.size > 65536:
         return 0.0
     return float(np.min(np.diff(levels)))
@@ -36,7 +45,7 @@ def _quantisation_step(values):
 def _looks_like_phase(values, low, high):
     """Wrapped phase fills its range to both ends; magnitude piles up near zero."""
     span = high - low
-    sample = values[:: max(1, values.size // 500000)]
+    sample = _sample(values, 500000)
     top = np.mean(sample > high - 0.1 * span)
     bottom = np.mean(sample < low + 0.1 * span)
     return top > 0.01 and bottom > 0.01
@@ -65,7 +74,9 @@ def phase_to_radians(phase, name="phase"):
     QSMInputError
         When the values are constant, or look like a magnitude image.
     """
-    values = np.asarray(phase, dtype=np.float64)
+    values = np.asarray(phase)
+    if values.dtype.kind not in "biuf":
+        raise QSMInputError(f"{name}: the phase image holds {values.dtype} values; give real numbers")
     low, high = float(values.min()), float(values.max())
     if not high > low:
         raise QSMInputError(f"{name}: the phase image is constant ({low}); "
@@ -92,6 +103,14 @@ def phase_to_radians(phase, name="phase"):
             f"{name}: values from {low:g} to {high:g} do not look like phase (too few voxels near "
             "the top of the range, as in a magnitude image); check that --phase and --mag are "
             "not swapped, or convert the phase to radians yourself")
-    phase_rad = wrap_to_pi(values * scale + offset, np.float32)
+    # Computed in float64 a block of the first axis at a time (same values as
+    # the whole array at once), so the peak memory is the float32 result's.
+    flat = values.reshape(1) if values.ndim == 0 else values
+    phase_rad = np.empty(flat.shape, dtype=np.float32)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, flat[:1].size))
+    for start in range(0, flat.shape[0], rows):
+        block = np.asarray(flat[start:start + rows], dtype=np.float64)
+        phase_rad[start:start + rows] = wrap_to_pi(block * scale + offset, np.float32)
+    phase_rad = phase_rad.reshape(values.shape)
     return phase_rad, {"detected": detected, "scale": float(scale), "offset": float(offset),
                        "range": [low, high]}
