@@ -63,3 +63,22 @@ def test_a_job_cancelled_before_it_starts_calls_nothing():
     assert done.wait(10)
     assert job.cancelled and calls == [] and job.error is None
     job.release()
+
+
+def test_a_copied_volume_shares_the_voxels_and_outlives_its_source():
+    import slicer
+
+    from qsmlib.web.runner import copy_volume
+    from qsmslicer import nodes
+
+    scene, magnitude, _phase, head = _sample_nodes()
+    source = magnitude[0]
+    other = slicer.vtkMRMLScene()
+    copy = copy_volume(source, other)
+    assert copy.GetScene() is other and copy.GetName() == source.GetName()
+    # one voxel buffer for both nodes: the copy holds no second array
+    assert copy.GetImageData() is source.GetImageData()
+    np.testing.assert_allclose(nodes.ijk_to_ras(copy), nodes.ijk_to_ras(source))
+    scene.RemoveNode(source)
+    scene.Clear(1)
+    np.testing.assert_array_equal(nodes.array_from_volume(copy), head.magnitude[..., 0])

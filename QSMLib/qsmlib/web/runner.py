@@ -5,7 +5,8 @@ by the server thread for the browser. So a run never touches that scene from
 another thread:
 
 1. :class:`LogicJob` (built on the server thread) copies the input nodes into
-   a private ``vtkMRMLScene``;
+   a private ``vtkMRMLScene`` (the copies share the voxels, which the Logic
+   only reads);
 2. :meth:`LogicJob.start` calls the Logic (the Slicer module's, nothing
    re-implemented here: ``ReconstructionLogic().process`` for
    :func:`reconstruction_job`, ``SwiLogic().process`` for :func:`swi_job`)
@@ -26,16 +27,22 @@ SWI_OUTPUT_NODES = ("swi", "mip")
 
 
 def copy_volume(node, scene):
-    """A copy of a volume node (voxels, geometry, attributes, diverging display) added to ``scene``.
+    """A copy of a volume node (geometry, attributes, diverging display) added to ``scene``, sharing its voxels.
 
-    The display follows the source's: a diverging colour map keeps its window
-    (set by :mod:`qsmslicer.display` in the Logic); other volumes get the
-    default display of their class.
+    The copy observes the same ``vtkImageData`` as ``node`` (reference counted,
+    so it outlives the node's removal from its scene): no voxel is copied, so
+    a run holds its inputs once. Nothing in the app writes into an input's or
+    an output's voxels after the copy. The display follows the
+    source's: a diverging colour map keeps its window (set by
+    :mod:`qsmslicer.display` in the Logic); other volumes get the default
+    display of their class.
     """
-    from qsmslicer import display, nodes
+    from qsmslicer import display
 
-    copy = nodes.output_volume(scene, node.GetName(), nodes.array_from_volume(node), nodes.ijk_to_ras(node),
-                               class_name=node.GetClassName())
+    copy = scene.AddNewNodeByClass(node.GetClassName(), scene.GenerateUniqueName(node.GetName()))
+    copy.CopyOrientation(node)
+    copy.SetAndObserveImageData(node.GetImageData())
+    copy.CreateDefaultDisplayNodes()
     for name in node.GetAttributeNames() or ():
         copy.SetAttribute(name, node.GetAttribute(name))
     units = node.GetVoxelValueUnits()
