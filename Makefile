@@ -27,7 +27,7 @@ SLICER_STACK_PYTEST_ARGS ?= --ignore-glob='Testing/test_slicer_*' --ignore-glob=
 # in one thread (the rest in FFT threads), so two at once keep both cores busier.
 SLICER_STACK_JOBS ?= 2
 
-.PHONY: demo test test-main chromium test-slicer-stacks slicer-check $(SLICER_STACKS:%=test-slicer-%) bench clean
+.PHONY: demo test test-main chromium test-slicer-stacks slicer-check $(SLICER_STACKS:%=test-slicer-%) bench bench-web clean
 
 $(STAMP): QSMLib/pyproject.toml QSMLib/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,10 @@ slicer-check: $(STAMP)
 # Times, FFT pairs and peak memory per stage at 2, 1, 0.7 and 0.5 mm; writes the README's table.
 bench: $(STAMP)
 	$(VENV)/bin/python Testing/benchmarks/bench_pipeline.py --write-readme
+
+# qsm web against qsm run on the 1 mm head: time and memory (README, "In the browser").
+bench-web: $(STAMP) chromium
+	$(VENV)/bin/python Testing/benchmarks/bench_web.py --write-readme
 
 clean:
 	rm -rf $(VENV) $(SLICER_STACKS:%=.venv-slicer-%) demo-output
