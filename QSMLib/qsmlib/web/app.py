@@ -34,6 +34,7 @@ from .data_panel import DataSourcesPanel
 from .roi_panel import RoiPanel
 from .runner import reconstruction_job
 from .swi_panel import SwiPanel
+from .widgets import download_button
 
 #: References the browser offers ("region" needs a segmentation, which the web app cannot make yet).
 WEB_REFERENCES = ("brain", "csf", "none")
@@ -236,14 +237,11 @@ class QSMWebApp:
             self._set_status("No input: load the sample head or magnitude and phase files first.", "error")
             return
         try:
-            settings = {"te_s": inputs.parse_echo_times(self.state.te_text),
+            settings = {"te_s": inputs.parse_echo_times(self.state.te_text, len(self.magnitude)),
                         "b0_t": inputs.parse_field_strength(self.state.b0_text),
                         "preset": self.state.preset, "unwrap": self.state.unwrap,
                         "bgremove": self.state.bgremove, "inversion": self.state.inversion,
                         "reference": self.state.reference, "threads": self.threads}
-            if len(settings["te_s"]) != len(self.magnitude):
-                raise QSMInputError(f"echo times: {len(settings['te_s'])} given for {len(self.magnitude)} echoes; "
-                                    "type one per echo in seconds")
         except QSMInputError as exc:
             self._set_status(str(exc), "error")
             return
@@ -410,13 +408,9 @@ class QSMWebApp:
         with html.Div(v_if=("has_result",), classes="d-flex flex-wrap"):
             map_trigger = trigger(self.download_map)
             for key, (_node, file_name) in DOWNLOADS.items():
-                v3.VBtn(file_name, id=f"qsm-download-{key}", size="small", classes="ma-1", prepend_icon="mdi-download",
-                        click=f"utils.download('{file_name}', trigger('{map_trigger}', ['{key}']), "
-                              "'application/gzip')")
-            v3.VBtn("provenance.json", id="qsm-download-provenance", size="small", classes="ma-1",
-                    prepend_icon="mdi-download",
-                    click=f"utils.download('provenance.json', trigger('{trigger(self.download_provenance)}'), "
-                          "'application/json')")
+                download_button(file_name, f"qsm-download-{key}", map_trigger, "application/gzip", key)
+            download_button("provenance.json", "qsm-download-provenance", trigger(self.download_provenance),
+                            "application/json")
 
 
 def _view_ui(server, view_id, view):

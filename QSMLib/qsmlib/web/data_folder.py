@@ -65,20 +65,7 @@ class DataFolder:
         text = "" if name is None else str(name).strip()
         if not text:
             raise DataFolderError("no file name given; choose a file of the data folder")
-        if "\x00" in text:
-            raise DataFolderError(f"{text!r}: a file name cannot hold a NUL character; choose a file of the "
-                                  "data folder")
-        if os.path.isabs(text):
-            raise DataFolderError(f"{text}: is an absolute path; give a name relative to the data folder "
-                                  f"{self.root} (only files inside it can be opened)")
-        real = os.path.realpath(os.path.join(self.root, text))
-        if not is_within(real, str(self.root)):
-            raise DataFolderError(f"{text}: leads to {real}, outside the data folder {self.root}; only files "
-                                  "inside it can be opened: copy the file into the data folder or restart "
-                                  "qsm web with --data naming a folder that holds it")
-        if not os.path.exists(real):
-            raise DataFolderError(f"{text}: no such file in the data folder {self.root}; choose one of the "
-                                  "files listed")
+        real = self._inside(text, "", "file")
         if not os.path.isfile(real):
             raise DataFolderError(f"{text}: is a folder, not a file; choose a NIfTI file of the data folder")
         return Path(real)
@@ -100,20 +87,7 @@ class DataFolder:
             The message names ``what``, the path, the problem and the fix.
         """
         text = "." if name is None or not str(name).strip() else str(name).strip()
-        if "\x00" in text:
-            raise DataFolderError(f"{what} {text!r}: a folder name cannot hold a NUL character; choose a folder "
-                                  "of the data folder")
-        if os.path.isabs(text):
-            raise DataFolderError(f"{what} {text}: is an absolute path; give a name relative to the data folder "
-                                  f"{self.root} (only folders inside it can be opened)")
-        real = os.path.realpath(os.path.join(self.root, text))
-        if not is_within(real, str(self.root)):
-            raise DataFolderError(f"{what} {text}: leads to {real}, outside the data folder {self.root}; only "
-                                  "folders inside it can be opened: copy it into the data folder or restart "
-                                  "qsm web with --data naming a folder that holds it")
-        if not os.path.exists(real):
-            raise DataFolderError(f"{what} {text}: no such folder in the data folder {self.root}; choose one of "
-                                  "the folders listed")
+        real = self._inside(text, f"{what} ", "folder")
         if not os.path.isdir(real):
             raise DataFolderError(f"{what} {text}: is a file, not a folder; choose a folder of the data folder")
         if not check_tree:
@@ -133,6 +107,29 @@ class DataFolder:
                                           f"the data folder {self.root}; only files inside it can be opened: "
                                           "replace the link by the files it points to, or remove it")
         return Path(real)
+
+    def _inside(self, text, prefix, kind):
+        """The real path of ``text``, an existing ``kind`` ("file" or "folder") inside the data folder.
+
+        Refuses a NUL character, an absolute path, a real path outside the
+        folder and a missing path; ``prefix`` starts the message (what the
+        name is for).
+        """
+        if "\x00" in text:
+            raise DataFolderError(f"{prefix}{text!r}: a {kind} name cannot hold a NUL character; choose a {kind} "
+                                  "of the data folder")
+        if os.path.isabs(text):
+            raise DataFolderError(f"{prefix}{text}: is an absolute path; give a name relative to the data folder "
+                                  f"{self.root} (only {kind}s inside it can be opened)")
+        real = os.path.realpath(os.path.join(self.root, text))
+        if not is_within(real, str(self.root)):
+            raise DataFolderError(f"{prefix}{text}: leads to {real}, outside the data folder {self.root}; only "
+                                  f"{kind}s inside it can be opened: copy the {kind} into the data folder or "
+                                  "restart qsm web with --data naming a folder that holds it")
+        if not os.path.exists(real):
+            raise DataFolderError(f"{prefix}{text}: no such {kind} in the data folder {self.root}; choose one of "
+                                  f"the {kind}s listed")
+        return real
 
     def folders(self):
         """Names of the folders inside the data folder ("." for the folder itself), sorted.

@@ -45,8 +45,8 @@ def sidecar_acquisition(nifti_path, n_echoes):
     return (None if te is None else [float(t) for t in te]), b0, note
 
 
-def parse_echo_times(text):
-    """Echo times typed as "0.004, 0.008 0.012" (seconds), checked like ``qsm run --te``."""
+def parse_echo_times(text, n_echoes=None):
+    """Echo times typed as "0.004, 0.008 0.012" (seconds), checked like ``qsm run --te`` (one per echo)."""
     parts = [p for p in str(text or "").replace(",", " ").replace(";", " ").split() if p]
     if not parts:
         raise QSMInputError("echo times: none given; type one per echo in seconds, e.g. 0.004, 0.008, 0.012")
@@ -55,7 +55,7 @@ def parse_echo_times(text):
     except ValueError:
         raise QSMInputError(f"echo times {text!r}: not numbers; type one per echo in seconds, "
                             "e.g. 0.004, 0.008, 0.012") from None
-    return [float(t) for t in check_echo_times(values, name="echo times")]
+    return [float(t) for t in check_echo_times(values, n_echoes=n_echoes, name="echo times")]
 
 
 def parse_field_strength(text):

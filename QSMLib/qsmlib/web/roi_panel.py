@@ -23,6 +23,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 from ..errors import QSMInputError
+from .widgets import download_button
 
 #: References of the statistics (those of RoiLogic.computeStatistics).
 ROI_REFERENCES = ("none", "brain", "segment")
@@ -262,14 +263,9 @@ class RoiPanel:
                         with html.Tr(v_for="r in roi_rows", key="r[0]"):
                             html.Td("{{ v }}", v_for="(v, i) in r", key="i")
                 with html.Div(classes="d-flex flex-wrap"):
-                    v3.VBtn("statistics.csv", id="qsm-download-roi-csv", size="small", classes="ma-1",
-                            prepend_icon="mdi-download",
-                            click=f"utils.download('statistics.csv', trigger('{trigger(self.download_csv)}'), "
-                                  "'text/csv')")
-                    v3.VBtn("segments.nii.gz", id="qsm-download-roi-labels", size="small", classes="ma-1",
-                            prepend_icon="mdi-download",
-                            click=f"utils.download('segments.nii.gz', trigger('{trigger(self.download_labels)}'), "
-                                  "'application/gzip')")
+                    download_button("statistics.csv", "qsm-download-roi-csv", trigger(self.download_csv), "text/csv")
+                    download_button("segments.nii.gz", "qsm-download-roi-labels", trigger(self.download_labels),
+                                    "application/gzip")
 
 
 def _hex(rgb):

@@ -22,6 +22,7 @@ from trame.widgets import vuetify3 as v3
 from ..errors import QSMInputError
 from . import inputs
 from .runner import swi_job
+from .widgets import download_button
 
 #: Downloads of the SWI run: output -> file name.
 SWI_DOWNLOADS = {"swi": "swi.nii.gz", "mip": "mip.nii.gz"}
@@ -93,10 +94,7 @@ class SwiPanel:
             self._status("No input: load the sample head, files, a BIDS subject or a DICOM folder first.", "error")
             return
         try:
-            te_s = inputs.parse_echo_times(state.te_text)
-            if len(te_s) != len(app.magnitude):
-                raise QSMInputError(f"echo times: {len(te_s)} given for {len(app.magnitude)} echoes; type one per "
-                                    "echo in seconds")
+            te_s = inputs.parse_echo_times(state.te_text, len(app.magnitude))
         except QSMInputError as exc:
             self._status(str(exc), "error")
             return
@@ -232,8 +230,7 @@ class SwiPanel:
         with html.Div(v_if=("swi_ready",), classes="d-flex flex-wrap"):
             download = trigger(self.download)
             for key, file_name in SWI_DOWNLOADS.items():
-                v3.VBtn(file_name, id=f"qsm-download-{key}", size="small", classes="ma-1", prepend_icon="mdi-download",
-                        click=f"utils.download('{file_name}', trigger('{download}', ['{key}']), 'application/gzip')")
+                download_button(file_name, f"qsm-download-{key}", download, "application/gzip", key)
 
 
 def show_label_layer(scene, labelmap, opacity=MASK_OPACITY):
