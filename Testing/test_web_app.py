@@ -133,6 +133,43 @@ def test_a_path_outside_the_data_folder_is_refused(page, server):
     assert page.locator("#qsm-inputs").inner_text().strip() == "No input loaded."
 
 
+def test_http_requests_get_no_file_of_the_machine_or_of_the_data_folder(server):
+    """Only the web client is served over HTTP: paths that climb out of it, or name files, get none.
+
+    The browser reaches --data only through the panel (names checked by
+    DataFolder) and gets results only as downloads the app makes; a request
+    for any other file, traversal encoded or not, must find nothing.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    url, data, _log = server
+    token = "qsm-web-secret-7f3a91"
+    (data.parent / "secret.txt").write_text(token)
+    (data / "inside.txt").write_text(token)
+    address = urlsplit(url)
+
+    def get(path):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    status, body = get("/index.html")
+    assert status == 200 and b"<html" in body.lower()  # the probes below reach the real server
+    probes = ["/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/%2e%2e%2fsecret.txt",
+              f"{data.parent}/secret.txt", "/inside.txt", f"{data}/inside.txt", "/data/inside.txt",
+              "/../../../../../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+              "/static/../../../../../../../../etc/passwd", "/etc/passwd"]
+    for path in probes:
+        status, body = get(path)
+        assert token.encode() not in body and b"root:" not in body, (path, status)
+        assert status in (400, 403, 404), (path, status)
+
+
 def test_nifti_files_of_the_data_folder_load_with_their_sidecar(page, server):
     import json
 
