@@ -269,6 +269,12 @@ def output_volume(scene, name, array_ijk, affine, *, node=None, class_name="vtkM
     return node
 
 
+def echo_volumes(scene, array_ijke, affine, name):
+    """One scalar volume per echo of an (i, j, k, echo) array, added to ``scene`` as ``<name>_e1``, ``_e2``, ..."""
+    return [output_volume(scene, f"{name}_e{echo + 1}", array_ijke[..., echo], affine)
+            for echo in range(array_ijke.shape[3])]
+
+
 def place_beside(node, beside):
     """Put ``node`` under the subject hierarchy parent of ``beside``."""
     scene = node.GetScene()

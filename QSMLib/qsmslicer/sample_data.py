@@ -53,8 +53,7 @@ def simulated_head(voxel_size_mm, b0_dir=None, seed=SEED):
 def add_echo_volumes(scene, head, series):
     """One scalar volume per echo of ``series`` ("Magnitude" or "Phase") of a simulated head."""
     data = head.magnitude if series == "Magnitude" else head.phase
-    return [nodes.output_volume(scene, f"SimulatedHead_{series}_e{echo + 1}", data[..., echo], head.affine)
-            for echo in range(data.shape[3])]
+    return nodes.echo_volumes(scene, data, head.affine, f"SimulatedHead_{series}")
 
 
 def add_echo_sequence(scene, head, series):

@@ -19,8 +19,6 @@ The panel's widgets carry ``id`` attributes (``qsm-...``) for the browser tests.
 
 import asyncio
 import json
-import os
-import tempfile
 
 from trame.app import get_server
 from trame.ui.vuetify3 import VAppLayout
@@ -34,7 +32,7 @@ from .data_panel import DataSourcesPanel
 from .roi_panel import RoiPanel
 from .runner import reconstruction_job
 from .swi_panel import SwiPanel
-from .widgets import download_button
+from .downloads import download_button, nifti_bytes
 
 #: References the browser offers ("region" needs a segmentation, which the web app cannot make yet).
 WEB_REFERENCES = ("brain", "csf", "none")
@@ -282,8 +280,7 @@ class QSMWebApp:
                 self._set_status("Reconstruction cancelled; no map was made.", "warning")
             elif job.error is not None:
                 self.state.stage = ""
-                kind = "Bad input" if isinstance(job.error, QSMInputError) else f"Error ({type(job.error).__name__})"
-                self._set_status(f"{kind}: {job.error}", "error")
+                self._set_status(job.error_text(), "error")
             else:
                 self._show_outputs(job)
             job.release()
@@ -294,13 +291,7 @@ class QSMWebApp:
             self.scene.RemoveNode(node)
         self.outputs = job.copy_outputs(self.scene)
         self.provenance = job.outputs.provenance
-        chi = self.outputs["susceptibility"]
-        display = self.slicer_app.display_manager
-        display.show_volume_in_slice_background(self.magnitude[0])
-        display.show_volume_in_slice_foreground(chi)
-        for view in self.slicer_app.view_manager.get_slice_views():
-            view.set_foreground_opacity(0.8)
-        self.state.shown_caption = self.swi.caption("susceptibility")
+        self.swi.show_map("susceptibility")
         warnings = list(self.provenance.get("warnings", []))
         self.state.warnings = warnings
         self.state.progress = 100
@@ -317,19 +308,14 @@ class QSMWebApp:
 
     def download_map(self, key):
         """The bytes of one output as a NIfTI file (.nii.gz), written through qsmlib.io."""
-        from qsmlib.io import save_nifti
         from qsmslicer import nodes
 
         node = self.outputs.get(DOWNLOADS[key][0])
         if node is None:
             return None
         array = nodes.array_from_volume(node)
-        dtype = array.dtype if key == "mask" else "float32"
-        with tempfile.TemporaryDirectory(prefix="qsm-web-") as folder:
-            path = os.path.join(folder, DOWNLOADS[key][1])
-            save_nifti(path, array, nodes.ijk_to_ras(node), dtype=dtype)
-            with open(path, "rb") as f:
-                return f.read()
+        return nifti_bytes(DOWNLOADS[key][1], array, nodes.ijk_to_ras(node),
+                           array.dtype if key == "mask" else "float32")
 
     def download_provenance(self):
         """The run's provenance as JSON text."""

@@ -119,10 +119,12 @@ class DataSourcesPanel:
         self.app._set_status(text, "error")
 
     def _replace_inputs(self, data, text):
+        from qsmslicer import nodes
+
         app = self.app
         app._clear_scene_inputs()
-        app.magnitude = inputs.echo_nodes(app.scene, data.magnitude, data.affine, "Magnitude")
-        app.phase = inputs.echo_nodes(app.scene, data.phase, data.affine, "Phase")
+        app.magnitude = nodes.echo_volumes(app.scene, data.magnitude, data.affine, "Magnitude")
+        app.phase = nodes.echo_volumes(app.scene, data.phase, data.affine, "Phase")
         self.state.te_text = ", ".join(f"{float(t):g}" for t in data.te_s)
         self.state.b0_text = f"{float(data.b0_t):g}"
         app._inputs_ready(text)

@@ -7,8 +7,6 @@ same conversion as the Slicer modules), so the Logic gets what it gets in
 Slicer.
 """
 
-import numpy as np
-
 from ..errors import QSMInputError
 from ..io.bids import _sidecar, _sidecar_number, sidecar_path
 from ..io.multiecho import load_echo_series
@@ -81,16 +79,10 @@ def load_echo_nodes(scene, path, kind, name):
     (list of vtkMRMLScalarVolumeNode, ndarray)
         The nodes and the file's affine.
     """
-    data, affine = load_echo_series([str(path)], kind)
-    return echo_nodes(scene, data, affine, name), affine
-
-
-def echo_nodes(scene, data, affine, name):
-    """One scalar volume per echo of an (X, Y, Z, E) array, added to ``scene`` as ``<name>_e1``, ``_e2``, ..."""
     from qsmslicer import nodes
 
-    return [nodes.output_volume(scene, f"{name}_e{echo + 1}", np.ascontiguousarray(data[..., echo]), affine)
-            for echo in range(data.shape[3])]
+    data, affine = load_echo_series([str(path)], kind)
+    return nodes.echo_volumes(scene, data, affine, name), affine
 
 
 def bids_datasets(data_folder):

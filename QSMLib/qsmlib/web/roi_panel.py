@@ -23,7 +23,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 from ..errors import QSMInputError
-from .widgets import download_button
+from .downloads import download_button, nifti_bytes
 
 #: References of the statistics (those of RoiLogic.computeStatistics).
 ROI_REFERENCES = ("none", "brain", "segment")
@@ -208,7 +208,6 @@ class RoiPanel:
 
     def download_labels(self):
         """The segments as a label image on the map's voxels (label N = the table's Nth segment), .nii.gz."""
-        from qsmlib.io import save_nifti
         from qsmslicer import nodes
 
         chi = self.app.outputs.get("susceptibility")
@@ -217,11 +216,7 @@ class RoiPanel:
         labels = np.zeros(nodes.dimensions(chi), dtype=np.uint8)
         for label, segment in enumerate(self.state.roi_segments, start=1):
             labels[nodes.segment_mask(self.segmentation, [segment["id"]], chi)] = label
-        with tempfile.TemporaryDirectory(prefix="qsm-web-") as folder:
-            path = os.path.join(folder, "segments.nii.gz")
-            save_nifti(path, labels, nodes.ijk_to_ras(chi), dtype=np.uint8)
-            with open(path, "rb") as f:
-                return f.read()
+        return nifti_bytes("segments.nii.gz", labels, nodes.ijk_to_ras(chi), np.uint8)
 
     # -- the panel ------------------------------------------------------------------------------
 

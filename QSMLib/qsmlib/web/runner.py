@@ -18,7 +18,7 @@ another thread:
 
 import threading
 
-from ..errors import Cancelled
+from ..errors import Cancelled, QSMInputError
 
 #: Outputs of a reconstruction, in the order they are copied (attributes of ReconstructionOutputs).
 OUTPUT_NODES = ("susceptibility", "local_field", "total_field", "mask")
@@ -122,6 +122,11 @@ class LogicJob:
             self.error = exc
         finally:
             finished(self)
+
+    def error_text(self):
+        """The run's error for a status line: "Bad input: ..." for bad input, else "Error (its type): ..."."""
+        kind = "Bad input" if isinstance(self.error, QSMInputError) else f"Error ({type(self.error).__name__})"
+        return f"{kind}: {self.error}"
 
     def copy_outputs(self, scene):
         """The output volumes copied into ``scene`` (call on the thread that owns it): name -> node."""

@@ -12,8 +12,6 @@ layer, coloured over the magnitude as Slicer shows one); after SWI the SWI and m
 """
 
 import asyncio
-import os
-import tempfile
 import time
 
 from trame.widgets import html
@@ -22,7 +20,7 @@ from trame.widgets import vuetify3 as v3
 from ..errors import QSMInputError
 from . import inputs
 from .runner import swi_job
-from .widgets import download_button
+from .downloads import download_button, nifti_bytes
 
 #: Downloads of the SWI run: output -> file name.
 SWI_DOWNLOADS = {"swi": "swi.nii.gz", "mip": "mip.nii.gz"}
@@ -61,7 +59,7 @@ class SwiPanel:
         state.swi_status_type = "info"
         state.shown_map = "magnitude"
         state.shown_caption = ""
-        state.change("shown_map")(self._on_shown)
+        state.change("shown_map")(self.show_map)
         state.change("has_result", "running")(self._on_result)
 
     @property
@@ -115,9 +113,7 @@ class SwiPanel:
             self.job = None
             try:
                 if job.error is not None:
-                    error = job.error
-                    kind = "Bad input" if isinstance(error, QSMInputError) else f"Error ({type(error).__name__})"
-                    self._status(f"SWI: {kind}: {error}", "error")
+                    self._status(f"SWI: {job.error_text()}", "error")
                 elif job.cancelled or self.source != list(self.app.magnitude):
                     self._status("SWI: the inputs changed during the run; run it again.", "warning")
                 else:
@@ -131,7 +127,7 @@ class SwiPanel:
         self.outputs = job.copy_outputs(self.app.scene)
         self.state.swi_ready = True
         self.state.shown_map = "swi"
-        self._on_shown("swi")
+        self.show_map("swi")
         seconds = time.monotonic() - self.started
         self._status(f"SWI and mIP ready ({len(self.source)} echoes, {seconds:.1f} s); the views show the SWI.",
                      "success")
@@ -156,7 +152,7 @@ class SwiPanel:
         elif not has_result and self.state.shown_map == "susceptibility":
             self.state.shown_map = "magnitude"
 
-    def _on_shown(self, shown_map, **_):
+    def show_map(self, shown_map, **_):
         """Show the chosen map: a field, SWI or mIP alone; the susceptibility or the mask over the magnitude."""
         app = self.app
         if shown_map not in self._available():
@@ -195,17 +191,12 @@ class SwiPanel:
 
     def download(self, key):
         """The bytes of the SWI or mIP volume as a NIfTI file (.nii.gz), written through qsmlib.io."""
-        from qsmlib.io import save_nifti
         from qsmslicer import nodes
 
         node = self.outputs.get(key)
         if node is None or key not in SWI_DOWNLOADS:
             return None
-        with tempfile.TemporaryDirectory(prefix="qsm-web-") as folder:
-            path = os.path.join(folder, SWI_DOWNLOADS[key])
-            save_nifti(path, nodes.array_from_volume(node), nodes.ijk_to_ras(node), dtype="float32")
-            with open(path, "rb") as f:
-                return f.read()
+        return nifti_bytes(SWI_DOWNLOADS[key], nodes.array_from_volume(node), nodes.ijk_to_ras(node), "float32")
 
     # -- the page -------------------------------------------------------------------------------
 
