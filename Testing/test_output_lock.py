@@ -118,6 +118,46 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_leave_nothing(scan, tmp_path):
         assert not out.exists(), os.listdir(out)
 
 
+class _SignalInFinaliser:
+    """Sends ``signum`` to this process from ``__del__``, where Python prints the handler's exception and drops it."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+
+
+def _swallow_a_signal_then(function, signum):
+    def wrapped(*args, **kwargs):
+        _SignalInFinaliser(signum)  # dropped at once: __del__ runs here
+        return function(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("signum, status, message", [
+    (signal.SIGTERM, 128 + signal.SIGTERM, "stopped by SIGTERM; no outputs were written"),
+    (signal.SIGINT, 130, "cancelled; no outputs were written")])
+@pytest.mark.parametrize("where", ["before the stages", "while writing"])
+def test_a_stop_signal_whose_exception_python_drops_still_stops_the_run(monkeypatch, tmp_path, capsys, where,
+                                                                         signum, status, message):
+    # CI once saw SIGHUP land in an import's weakref callback: the run ignored it and wrote its outputs.
+    import qsmlib.workflow
+    scan = small_scan(tmp_path / "in")
+    name = "resolve_b0_dir" if where == "before the stages" else "save_nifti"
+    monkeypatch.setattr(qsmlib.workflow, name, _swallow_a_signal_then(getattr(qsmlib.workflow, name), signum))
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda record: dropped.append(record.exc_type))
+    out = tmp_path / "out"
+    got, err = run_cli(_run_args(scan, out), capsys)
+    assert dropped and issubclass(dropped[0], KeyboardInterrupt)  # the handler's exception really was dropped
+    assert got == status, err
+    assert message in err
+    assert not out.exists(), os.listdir(out)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_killed_runs_lock_and_staging_folder_are_cleaned_by_the_next_run(scan, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

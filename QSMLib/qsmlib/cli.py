@@ -22,6 +22,7 @@ import traceback
 
 from . import __version__
 from .errors import Cancelled, QSMInputError
+from .io.output import checked_before_commit
 from .parallel import ENV_VAR as THREADS_ENV_VAR
 from .parallel import check_thread_count, threads
 from .pipeline import (BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, REFERENCE_METHODS, UNWRAP_METHODS,
@@ -36,14 +37,17 @@ THREADED_COMMANDS = ("run", "separate", "invert", "cosmos", "simulate", "swi", "
 class ProgressPrinter:
     """Prints stage progress to stderr: one line per stage, with percentages for solvers."""
 
-    def __init__(self, stream=None, quiet=False):
+    def __init__(self, stream=None, quiet=False, stop=None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.stop = stop
         self._stage = None
         self._started = 0.0
         self._shown = -1
 
     def __call__(self, stage, fraction):
+        if self.stop is not None:
+            self.stop.check()
         if self.quiet:
             return
         if stage != self._stage:
@@ -780,26 +784,53 @@ class Stopped(KeyboardInterrupt):
         self.name = signal.Signals(signum).name
 
 
+class _StopRequest:
+    """The stop signal that arrived, kept after its handler raised.
+
+    Python runs a signal handler between two bytecodes of whatever code is
+    running; when that is a weakref callback or a ``__del__``, the exception
+    the handler raises is printed as "Exception ignored" and lost, and the run
+    would go on to write its outputs. :meth:`check` raises it again: the
+    progress printer calls it at every report, and every output folder just
+    before it moves its outputs into place.
+    """
+
+    def __init__(self):
+        self.signum = None
+
+    def check(self):
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+
 @contextlib.contextmanager
 def _signals_stop_like_ctrl_c():
     """While inside, SIGTERM and SIGHUP raise :class:`Stopped`, so staged outputs are removed as on Ctrl-C.
 
-    A second signal during the clean-up is ignored. Only the main thread can
+    Yields a :class:`_StopRequest` (or None where nothing was installed). A
+    second signal during the clean-up is ignored. Only the main thread can
     install handlers; elsewhere nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
-    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    request = _StopRequest()
+    stoppers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
     def stop(signum, _frame):
-        for sig in wanted:
+        for sig in stoppers + [signal.SIGINT]:
             signal.signal(sig, signal.SIG_IGN)
-        raise Stopped(signum)
+        request.signum = signum
+        request.check()
 
-    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    previous = {sig: signal.signal(sig, stop) for sig in stoppers}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, stop)
     try:
-        yield
+        with checked_before_commit(request.check):
+            yield request
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -848,8 +879,8 @@ def main(argv=None):
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
     try:
-        with _signals_stop_like_ctrl_c(), threads(getattr(args, "threads", None)):
-            status = _dispatch(args, ProgressPrinter(quiet=args.quiet))
+        with _signals_stop_like_ctrl_c() as stop, threads(getattr(args, "threads", None)):
+            status = _dispatch(args, ProgressPrinter(quiet=args.quiet, stop=stop))
     except QSMInputError as exc:
         print(f"qsm: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -14,6 +14,7 @@ Every file that a ``qsm`` command writes goes through this module:
   refused, and staging folders of killed runs are removed.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -34,6 +35,23 @@ PARTIAL_PREFIX = ".qsm-partial-"
 USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                        errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG, errno.EMFILE,
                        errno.ENFILE, errno.EXDEV}
+#: Checks run just before any output folder moves its outputs into place (see :func:`checked_before_commit`).
+_commit_checks = []
+
+
+@contextlib.contextmanager
+def checked_before_commit(check):
+    """While inside, every :class:`OutputDirectory` calls ``check()`` before it moves its outputs into place.
+
+    A check that raises stops the commit: the staged outputs are removed and
+    the exception goes on. The command line uses this so that a stop signal
+    never lets a run finish writing.
+    """
+    _commit_checks.append(check)
+    try:
+        yield
+    finally:
+        _commit_checks.remove(check)
 
 
 def bids_label(value, option, prefix):
@@ -291,6 +309,8 @@ class OutputDirectory:
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None:
+                for check in list(_commit_checks):
+                    check()
                 self._commit()
         except OSError as error:
             self._cleanup(failed=True)
