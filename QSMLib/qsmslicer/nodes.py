@@ -169,12 +169,17 @@ def displayable_volume(source):
 def echo_series_array(source, what):
     """Stack an echo series into one float32 (i, j, k, echo) array.
 
+    An :class:`EchoSeries` whose nodes still show its array gives that array,
+    not a copy: the caller must not write into it.
+
     Returns
     -------
     array : ndarray of float32, shape (X, Y, Z, E)
     reference : vtkMRMLVolumeNode
         The first echo's node; its IJKToRAS is the geometry of every echo.
     """
+    if isinstance(source, EchoSeries) and source.shows_array():
+        return source.array, source[0]
     nodes = echo_volume_nodes(source)
     if not nodes:
         raise QSMInputError(f"{what}: no volume selected; select one volume per echo, a sequence, or a multi-volume")
@@ -189,6 +194,83 @@ def echo_series_array(source, what):
     if any(a.ndim != 3 for a in arrays):
         raise QSMInputError(f"{what}: every echo must be a 3D scalar volume")
     return np.stack(arrays, axis=-1), nodes[0]
+
+
+def phase_series_radians(source):
+    """The phase of an echo series in radians: ``(phase_rad, scaling, reference)``.
+
+    ``phase_rad`` is float32 (i, j, k, echo), ``scaling`` the record of
+    :func:`qsmlib.io.phase_scaling.phase_to_radians` and ``reference`` the
+    first echo's node. An :class:`EchoSeries` that carries its ``phase_scaling``
+    is already in radians: its array is returned as it is (not to be written into).
+    """
+    from qsmlib.io.phase_scaling import phase_to_radians
+
+    array, reference = echo_series_array(source, "phase")
+    if isinstance(source, EchoSeries) and source.phase_scaling is not None and array is source.array:
+        return array, source.phase_scaling, reference
+    phase_rad, scaling = phase_to_radians(array, name="phase")
+    return phase_rad, scaling, reference
+
+
+class EchoSeries(list):
+    """Per-echo volume nodes whose voxels are one (i, j, k, echo) float32 array, held once.
+
+    A list of the nodes, so it goes wherever a list of echo volumes goes, that
+    also carries ``array``: each node's image data is a view of one echo of it
+    (Fortran order makes every echo one block in VTK's voxel order), and
+    :func:`echo_series_array` hands the Logic the array itself instead of
+    stacking a copy of the nodes. ``phase_scaling`` is set when the array is a
+    phase already converted to radians (the record of
+    :func:`qsmlib.io.phase_scaling.phase_to_radians`). Nothing may write into
+    the nodes' voxels: they are the array. Made by :func:`echo_series`.
+    """
+
+    def __init__(self, volume_nodes, array, phase_scaling=None):
+        super().__init__(volume_nodes)
+        self.array = array
+        self.phase_scaling = phase_scaling
+
+    def shows_array(self):
+        """Whether every node still shows its echo of ``array`` (a node given new voxels no longer does)."""
+        if len(self) != self.array.shape[3]:
+            return False
+        for echo, node in enumerate(self):
+            image = node.GetImageData() if node is not None else None
+            if image is None or image.GetPointData().GetScalars() is None:
+                return False
+            if not np.shares_memory(slicer.util.arrayFromVolume(node), self.array[..., echo]):
+                return False
+        return True
+
+    def with_nodes(self, volume_nodes):
+        """The same array and scaling shown by other nodes (copies of these, in another scene)."""
+        return EchoSeries(volume_nodes, self.array, self.phase_scaling)
+
+
+def echo_series(scene, array_ijke, affine, name, phase_scaling=None):
+    """One scalar volume per echo (``<name>_e1``, ``_e2``, ...) that shows, without copying, an (i, j, k, echo) array.
+
+    The array is converted once to float32 in Fortran order (no copy when it
+    already is, as NIfTI data read by nibabel is). Returns an :class:`EchoSeries`.
+    """
+    from vtk.util import numpy_support
+
+    array = np.asfortranarray(array_ijke, dtype=np.float32)
+    if array.ndim != 4:
+        raise QSMInputError(f"{name}: expected an (i, j, k, echo) array, got shape {array.shape}")
+    volumes = []
+    for echo in range(array.shape[3]):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{name}_e{echo + 1}"))
+        image = vtk.vtkImageData()
+        image.SetDimensions(*array.shape[:3])
+        # An echo of a Fortran-ordered array is one contiguous block, i fastest: VTK's order.
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array[..., echo].ravel(order="F"), deep=False))
+        node.SetAndObserveImageData(image)
+        set_ijk_to_ras(node, affine)
+        node.CreateDefaultDisplayNodes()
+        volumes.append(node)
+    return EchoSeries(volumes, array, phase_scaling)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,7 +147,6 @@ class ReconstructionLogic:
             chi_neg (ppm) and R2' (1/s).
         """
         dependencies.ensure_packages_in_slicer(_("QSM Reconstruction"))
-        from qsmlib.io.phase_scaling import phase_to_radians
         from qsmlib.workflow import SEPARATION_UNITS, r2_from_map, separate_result
 
         if reference not in REFERENCES:
@@ -165,12 +164,12 @@ class ReconstructionLogic:
                                             accept_implausible_mask=accept_implausible_mask)
 
         magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
-        phase_array, phase_node = nodes.echo_series_array(phase, "phase")
+        phase_rad, scaling, phase_node = nodes.phase_series_radians(phase)
         nodes.check_same_geometry(phase_node, reference_node, "phase")
         scene = self._scene(magnitude, reference_node)  # before the long run: a node in no scene fails here
-        if magnitude_array.shape != phase_array.shape:
+        if magnitude_array.shape != phase_rad.shape:
             raise QSMInputError(f"magnitude has {magnitude_array.shape[3]} echoes of shape {magnitude_array.shape[:3]} "
-                                f"but phase has {phase_array.shape[3]} of shape {phase_array.shape[:3]}")
+                                f"but phase has {phase_rad.shape[3]} of shape {phase_rad.shape[:3]}")
         echo_nodes = nodes.echo_volume_nodes(magnitude)
         te_source = "given"
         if te_s is None:
@@ -184,10 +183,8 @@ class ReconstructionLogic:
             if b0_t is None:
                 raise QSMInputError("field strength: none given and no DICOM MagneticFieldStrength; give it in tesla")
 
-        phase_rad, scaling = phase_to_radians(phase_array, name="phase")
         if phase_sign == -1:
             phase_rad = -phase_rad
-        del phase_array
         affine = nodes.ijk_to_ras(reference_node)
         mask_array = None if mask is None else nodes.mask_from_node(mask, reference_node, mask_segment_ids)
         region = None

@@ -47,23 +47,20 @@ class SwiLogic:
         carry the input's IJKToRAS.
         """
         dependencies.ensure_packages_in_slicer(_("SWI"))
-        from qsmlib.io.phase_scaling import phase_to_radians
 
         if phase_sign not in (1, -1):
             raise QSMInputError(f"phase sign {phase_sign}: give 1 or -1")
         magnitude_array, reference_node = nodes.echo_series_array(magnitude, "magnitude")
-        phase_array, phase_node = nodes.echo_series_array(phase, "phase")
+        phase_rad, scaling, phase_node = nodes.phase_series_radians(phase)
         nodes.check_same_geometry(phase_node, reference_node, "phase")
         # outputs go to the scene of the selected sequence or volume (a sequence's echoes are in its own)
         scene = nodes.scene_of(reference_node if isinstance(magnitude, (list, tuple)) else magnitude)
-        if magnitude_array.shape != phase_array.shape:
-            raise QSMInputError(f"magnitude has shape {magnitude_array.shape} but phase has {phase_array.shape}")
+        if magnitude_array.shape != phase_rad.shape:
+            raise QSMInputError(f"magnitude has shape {magnitude_array.shape} but phase has {phase_rad.shape}")
         if te_s is None and magnitude_array.shape[3] > 1:
             te_s = echo_times.echo_times_s(magnitude, nodes.echo_volume_nodes(magnitude), dicom_lookup)
             if te_s is None:
                 raise QSMInputError("echo times: several echoes need echo times; type them in seconds")
-        phase_rad, scaling = phase_to_radians(phase_array, name="phase")
-        del phase_array
         mask_array = None if mask is None else nodes.mask_from_node(mask, reference_node, mask_segment_ids)
         with slicer_threads.computation_threads():  # the thread count of Slicer's own processing
             result = qsm_swi.swi(magnitude_array, phase_sign * phase_rad, mask_array,

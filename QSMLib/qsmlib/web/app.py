@@ -191,11 +191,11 @@ class QSMWebApp:
         except QSMInputError as exc:
             self._set_status(str(exc), "error")
             return
-        from .runner import copy_volume
+        from .runner import copy_echoes
 
         self._clear_scene_inputs()
-        self.magnitude = [copy_volume(node, self.scene) for node in magnitude]
-        self.phase = [copy_volume(node, self.scene) for node in phase]
+        self.magnitude = copy_echoes(magnitude, self.scene)
+        self.phase = copy_echoes(phase, self.scene)
         scratch.Clear(1)
         if te is not None:
             self.state.te_text = ", ".join(f"{t:g}" for t in te)

@@ -123,8 +123,8 @@ class DataSourcesPanel:
 
         app = self.app
         app._clear_scene_inputs()
-        app.magnitude = nodes.echo_volumes(app.scene, data.magnitude, data.affine, "Magnitude")
-        app.phase = nodes.echo_volumes(app.scene, data.phase, data.affine, "Phase")
+        app.magnitude = nodes.echo_series(app.scene, data.magnitude, data.affine, "Magnitude")
+        app.phase = nodes.echo_series(app.scene, data.phase, data.affine, "Phase", phase_scaling=data.phase_scaling)
         self.state.te_text = ", ".join(f"{float(t):g}" for t in data.te_s)
         self.state.b0_text = f"{float(data.b0_t):g}"
         app._inputs_ready(text)

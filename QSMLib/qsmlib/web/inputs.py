@@ -2,14 +2,15 @@
 sidecar metadata, typed numbers.
 
 Files are read by :mod:`qsmlib.io` and :mod:`qsmlib.workflow` (the same readers as ``qsm run``) and
-become one scalar volume node per echo through :mod:`qsmslicer.nodes` (the
-same conversion as the Slicer modules), so the Logic gets what it gets in
-Slicer.
+become one scalar volume node per echo through :mod:`qsmslicer.nodes`
+(:func:`~qsmslicer.nodes.echo_series`: the nodes show one 4D array, which the
+Logic reads as it is, so a run holds its inputs once, as ``qsm run`` does).
 """
 
 from ..errors import QSMInputError
 from ..io.bids import _sidecar, _sidecar_number, sidecar_path
 from ..io.multiecho import load_echo_series
+from ..io.phase_scaling import phase_to_radians
 from ..validation import check_b0, check_echo_times
 
 
@@ -64,6 +65,9 @@ def parse_field_strength(text):
 def load_echo_nodes(scene, path, kind, name):
     """One scalar volume per echo of a 4D (or 3D) NIfTI file, added to ``scene``.
 
+    The phase is converted to radians here, as ``qsm run`` does when it reads
+    its files, so the run holds it once.
+
     Parameters
     ----------
     scene : vtkMRMLScene
@@ -76,13 +80,16 @@ def load_echo_nodes(scene, path, kind, name):
 
     Returns
     -------
-    (list of vtkMRMLScalarVolumeNode, ndarray)
-        The nodes and the file's affine.
+    (qsmslicer.nodes.EchoSeries, ndarray)
+        The nodes (with the array they show) and the file's affine.
     """
     from qsmslicer import nodes
 
     data, affine = load_echo_series([str(path)], kind)
-    return nodes.echo_volumes(scene, data, affine, name), affine
+    scaling = None
+    if kind == "phase":
+        data, scaling = phase_to_radians(data, name=str(path))
+    return nodes.echo_series(scene, data, affine, name, phase_scaling=scaling), affine
 
 
 def bids_datasets(data_folder):

@@ -56,6 +56,14 @@ def copy_volume(node, scene):
     return copy
 
 
+def copy_echoes(volumes, scene):
+    """Copies of echo volumes in ``scene`` (:func:`copy_volume`); an EchoSeries stays one, with the same array."""
+    from qsmslicer.nodes import EchoSeries
+
+    copies = [copy_volume(node, scene) for node in volumes]
+    return volumes.with_nodes(copies) if isinstance(volumes, EchoSeries) else copies
+
+
 class LogicJob:
     """One call of a shared Logic on copies of the app's nodes, run off the server thread.
 
@@ -67,8 +75,9 @@ class LogicJob:
         ``takes_progress``; returns an object whose attributes
         ``output_names`` are output nodes (or None).
     volumes : dict
-        Keyword of ``logic_call`` -> list of volume nodes in the app's scene;
-        copied here, on the calling thread, into the job's private scene.
+        Keyword of ``logic_call`` -> list of volume nodes (or an EchoSeries) in
+        the app's scene; copied here, on the calling thread, into the job's
+        private scene (:func:`copy_echoes`).
     settings : dict
         The other keyword arguments of ``logic_call``.
     output_names : sequence of str
@@ -83,7 +92,7 @@ class LogicJob:
 
         self.scene = slicer.vtkMRMLScene()
         self.logic_call = logic_call
-        self.inputs = {key: [copy_volume(node, self.scene) for node in nodes] for key, nodes in volumes.items()}
+        self.inputs = {key: copy_echoes(nodes, self.scene) for key, nodes in volumes.items()}
         self.settings = dict(settings)
         self.output_names = tuple(output_names)
         self.takes_progress = takes_progress
