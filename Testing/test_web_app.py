@@ -19,6 +19,7 @@ import pytest
 from web_support import browser, page, server  # noqa: F401 (the fixtures the tests use)
 from web_support import download as _download
 from web_support import image_stats as _image_stats
+from web_support import load_files as _load_files
 from web_support import load_sample as _load_sample
 from web_support import status as _status
 
@@ -312,3 +313,77 @@ def test_roi_segments_painted_in_the_browser_give_qsmlibs_statistics(page, tmp_p
     bars = plot.locator("rect.qsm-bar").evaluate_all("rects => rects.map(r => Number(r.dataset.value))")
     assert len(bars) == len(table)
     assert bars[0] == pytest.approx(float(referenced["Mean"]), rel=1e-5, abs=1e-7)
+
+
+def _block_without_background(folder):
+    """3-echo magnitude and phase of a 144 x 144 x 120 mm block that fills its image (no background).
+
+    Its automatic brain mask is the whole block, 2171 mL: larger than any adult brain, so the run is
+    refused until the mask is accepted. Returns (magnitude, phase, affine, echo times).
+    """
+    import json
+
+    from qsmlib.io import save_nifti
+
+    rng = np.random.default_rng(0)
+    shape, te_s = (48, 48, 40), [0.005, 0.010, 0.015]
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    field_hz = 8 * grid[0] * grid[1] + 5 * grid[2]
+    magnitude = np.abs(np.stack([100 * np.exp(-20 * t) + rng.normal(0, 1, shape) for t in te_s], -1))
+    phase = np.stack([np.angle(np.exp(2j * np.pi * field_hz * t)) for t in te_s], -1)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    save_nifti(folder / "block_mag.nii.gz", magnitude.astype(np.float32), affine)
+    save_nifti(folder / "block_phase.nii.gz", phase.astype(np.float32), affine)
+    (folder / "block_mag.json").write_text(json.dumps({"EchoTime": te_s, "MagneticFieldStrength": 3}))
+    return magnitude, phase, affine, te_s
+
+
+def test_an_implausible_automatic_mask_is_refused_and_can_be_used_anyway(page, server, tmp_path):
+    import json
+
+    import nibabel as nib
+    import slicer
+
+    from qsmlib.io import load_nifti
+    from qsmlib.io.phase_scaling import phase_to_radians
+    from qsmslicer import nodes
+    from qsmslicer.reconstruction import ReconstructionLogic
+
+    _url, data, _log = server
+    _block_without_background(data)
+    page.reload()
+    page.wait_for_selector("#qsm-load-files", timeout=60_000)
+    _load_files(page, "block_mag.nii.gz", "block_phase.nii.gz")
+    page.click("#qsm-preset-fast")
+    page.wait_for_function("() => window.trame.state.get('preset') === 'fast'", timeout=10_000)
+    assert page.locator("#qsm-run-anyway").count() == 0
+    page.click("#qsm-run")
+    page.wait_for_selector("#qsm-run-anyway", timeout=60_000)
+    refusal = _status(page)
+    assert refusal.startswith("The automatic brain mask looks implausible:"), refusal
+    assert "2171 mL, is larger than any adult brain" in refusal and "No map was made" in refusal
+    assert "--accept-implausible-mask" not in refusal  # the command line's fix is not the browser's
+    assert page.locator("#qsm-download-chi").count() == 0
+
+    page.click("#qsm-run-anyway")
+    page.wait_for_function("() => document.querySelector('#qsm-download-chi') !== null", timeout=60_000)
+    assert "Susceptibility map ready" in _status(page) and "warning(s) below" in _status(page), _status(page)
+    assert "automatic brain mask looks implausible" in page.locator("#qsm-warnings").inner_text()
+    assert page.locator("#qsm-run-anyway").count() == 0
+    provenance = json.loads(_download(page, "#qsm-download-provenance", tmp_path / "provenance.json").read_text())
+    check = provenance["checks"]["mask"]
+    assert check["verdict"] == "implausible" and check["accepted"] is True and check["source"] == "automatic"
+    assert provenance["config"]["inversion"] == "tkd"  # the refused run's settings, mask accepted
+
+    # the map is the Logic's on the same files with the mask accepted
+    scene = slicer.vtkMRMLScene()
+    magnitude, affine = load_nifti(data / "block_mag.nii.gz")
+    phase, scaling = phase_to_radians(load_nifti(data / "block_phase.nii.gz")[0])
+    expected = ReconstructionLogic().process(
+        nodes.echo_series(scene, magnitude, affine, "M"),
+        nodes.echo_series(scene, phase, affine, "P", phase_scaling=scaling),
+        te_s=[0.005, 0.010, 0.015], b0_t=3.0, preset="fast", accept_implausible_mask=True)
+    chi = np.asarray(nib.load(_download(page, "#qsm-download-chi", tmp_path / "chi.nii.gz")).dataobj)
+    want = nodes.array_from_volume(expected.susceptibility)
+    assert np.count_nonzero(want) > 0.5 * want.size  # the whole block was inverted
+    np.testing.assert_allclose(chi, want, atol=1e-5)

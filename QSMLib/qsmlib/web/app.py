@@ -25,7 +25,7 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from ..errors import QSMInputError
+from ..errors import ImplausibleMaskError, QSMInputError
 from ..pipeline import BGREMOVE_METHODS, INVERSION_METHODS, PRESETS, UNWRAP_METHODS
 from . import inputs
 from .data_panel import DataSourcesPanel
@@ -85,6 +85,7 @@ class QSMWebApp:
         self.outputs = {}
         self.provenance = None
         self.job = None
+        self.refused_settings = None  # the settings of a run refused for its automatic brain mask
         self.loop = None
         self._init_state()
         self.roi = RoiPanel(self)
@@ -123,6 +124,7 @@ class QSMWebApp:
         state.status_type = "info"
         state.warnings = []
         state.has_result = False
+        state.mask_refused = False
         state.change("preset")(self._on_preset)
         self.server.controller.on_client_connected.add(self.refresh_files)
 
@@ -150,6 +152,7 @@ class QSMWebApp:
             self.scene.RemoveNode(node)
         self.magnitude, self.phase, self.outputs, self.provenance = [], [], {}, None
         self.state.has_result = False
+        self.state.mask_refused = False
         self.state.warnings = []
 
     def load_sample(self):
@@ -243,13 +246,28 @@ class QSMWebApp:
         except QSMInputError as exc:
             self._set_status(str(exc), "error")
             return
+        self._start(settings)
+
+    def run_accepting_mask(self):
+        """Run again what was refused for an implausible automatic brain mask, with that mask.
+
+        As the Slicer module's "Use this mask anyway": the plausibility
+        warnings go into the map's provenance and the status line.
+        """
+        if self.state.running or not self.state.mask_refused or self.refused_settings is None:
+            return
+        self._start({**self.refused_settings, "accept_implausible_mask": True})
+
+    def _start(self, settings):
         self.loop = asyncio.get_event_loop()
         self.job = reconstruction_job(self.magnitude, self.phase, settings)
+        self.refused_settings = None
+        self.state.mask_refused = False
         self.state.running = True
         self.state.progress = 0
         self.state.stage = "Starting..."
         self.state.warnings = []
-        self._set_status(f"Reconstructing ({self.state.preset} preset)...", "info")
+        self._set_status(f"Reconstructing ({settings['preset']} preset)...", "info")
         self.job.start(self._report_from_worker, self._finished_from_worker)
 
     def cancel(self):
@@ -278,6 +296,11 @@ class QSMWebApp:
             if job.cancelled:
                 self.state.stage = ""
                 self._set_status("Reconstruction cancelled; no map was made.", "warning")
+            elif isinstance(job.error, ImplausibleMaskError):
+                self.state.stage = ""
+                self.refused_settings = job.settings
+                self.state.mask_refused = True
+                self._set_status(implausible_mask_text(job.error), "error")
             elif job.error is not None:
                 self.state.stage = ""
                 self._set_status(job.error_text(), "error")
@@ -379,7 +402,9 @@ class QSMWebApp:
         with html.Div(classes="d-flex my-2"):
             v3.VBtn("Run", id="qsm-run", color="primary", click=(self.run, f"[{', '.join(self.RUN_FIELDS)}]"),
                     disabled=("running || !inputs_loaded",), classes="mr-2")
-            v3.VBtn("Cancel", id="qsm-cancel", click=self.cancel, disabled=("!running",))
+            v3.VBtn("Cancel", id="qsm-cancel", click=self.cancel, disabled=("!running",), classes="mr-2")
+            v3.VBtn("Use this mask anyway", id="qsm-run-anyway", v_if=("mask_refused && !running",),
+                    color="warning", click=self.run_accepting_mask)
         v3.VProgressLinear(model_value=("progress",), id="qsm-progress", height=8, color="primary",
                            classes="my-2")
         html.Div("{{ stage }} {{ progress }} %", id="qsm-stage", classes="text-caption")
@@ -433,3 +458,11 @@ def _scratch_scene():
     import slicer
 
     return slicer.vtkMRMLScene()
+
+
+def implausible_mask_text(refusal):
+    """The status line for a run refused because its automatic brain mask looks implausible."""
+    problems = "\n".join(f"- {problem}" for problem in (refusal.check or {}).get("implausible", [])) or str(refusal)
+    return ("The automatic brain mask looks implausible:\n" + problems + "\nNo map was made. Use this mask "
+            "anyway (the warnings are kept in the map's provenance), or load images that hold the head "
+            "with some background around it.")
