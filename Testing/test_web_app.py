@@ -387,3 +387,53 @@ def test_an_implausible_automatic_mask_is_refused_and_can_be_used_anyway(page, s
     want = nodes.array_from_volume(expected.susceptibility)
     assert np.count_nonzero(want) > 0.5 * want.size  # the whole block was inverted
     np.testing.assert_allclose(chi, want, atol=1e-5)
+
+
+def test_a_brain_mask_file_is_used_and_checked_against_the_inputs(page, server, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from qsmlib.io import save_nifti
+
+    _url, data, _log = server
+    magnitude, _phase, affine, _te = _block_without_background(data)
+    grid = np.meshgrid(*[np.arange(n) for n in magnitude.shape[:3]], indexing="ij")
+    ball = sum((g - (n - 1) / 2) ** 2 for g, n in zip(grid, magnitude.shape[:3])) <= 15 ** 2  # 45 mm radius
+    save_nifti(data / "ball_mask.nii.gz", ball.astype(np.uint8), affine, dtype=np.uint8)
+    save_nifti(data / "wrong_grid_mask.nii.gz", ball[:-1].astype(np.uint8), affine, dtype=np.uint8)
+    page.reload()
+    page.wait_for_selector("#qsm-load-files", timeout=60_000)
+    _load_files(page, "block_mag.nii.gz", "block_phase.nii.gz")
+    page.click("#qsm-preset-fast")
+    page.wait_for_function("() => window.trame.state.get('preset') === 'fast'", timeout=10_000)
+
+    def run_with_mask(name):
+        page.locator("#qsm-mask").fill(name)
+        page.locator("#qsm-mask").press("Tab")
+        page.wait_for_function(f"() => window.trame.state.get('mask_name') === {name!r}", timeout=10_000)
+        before = page.evaluate("() => window.trame.state.get('status_text')")
+        page.click("#qsm-run")
+        page.wait_for_function("(before) => window.trame.state.get('status_text') !== before && "
+                               "!window.trame.state.get('running') && "
+                               "['success', 'warning', 'error'].includes(window.trame.state.get('status_type'))",
+                               arg=before, timeout=60_000)
+        return _status(page)
+
+    refusal = run_with_mask("wrong_grid_mask.nii.gz")
+    assert refusal.startswith("brain mask wrong_grid_mask.nii.gz: mask shape (47, 48, 40) does not match the "
+                              "data shape (48, 48, 40)"), refusal
+    assert page.locator("#qsm-download-chi").count() == 0
+    assert "outside" in run_with_mask("../escape.nii.gz")  # only --data is reachable
+
+    ready = run_with_mask("ball_mask.nii.gz")
+    assert "Susceptibility map ready" in ready, ready
+    assert page.locator("#qsm-run-anyway").count() == 0  # a brain-sized ball passes the mask check
+    provenance = json.loads(_download(page, "#qsm-download-provenance", tmp_path / "provenance.json").read_text())
+    assert provenance["inputs"]["mask"] == "ball_mask.nii.gz"
+    assert provenance["checks"]["mask"]["source"] == "given"
+    assert provenance["checks"]["mask"]["verdict"] != "implausible"
+    chi = np.asarray(nib.load(_download(page, "#qsm-download-chi", tmp_path / "chi.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(_download(page, "#qsm-download-mask", tmp_path / "mask.nii.gz")).dataobj)
+    assert mask.any() and not (mask.astype(bool) & ~ball).any()  # the map's mask lies in the given ball
+    assert not chi[~ball].any() and np.count_nonzero(chi[ball]) > 0.5 * ball.sum()

@@ -20,6 +20,7 @@ The panel's widgets carry ``id`` attributes (``qsm-...``) for the browser tests.
 import asyncio
 import json
 
+import numpy as np
 from trame.app import get_server
 from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
@@ -85,7 +86,8 @@ class QSMWebApp:
         self.outputs = {}
         self.provenance = None
         self.job = None
-        self.refused_settings = None  # the settings of a run refused for its automatic brain mask
+        self.refused_settings = None  # the settings of a run refused for its brain mask
+        self.mask_node = None  # the brain mask file of the last run, as a labelmap
         self.loop = None
         self._init_state()
         self.roi = RoiPanel(self)
@@ -105,6 +107,7 @@ class QSMWebApp:
         state.data_root = str(self.data_folder.root)
         state.magnitude_name = ""
         state.phase_name = ""
+        state.mask_name = ""
         state.te_text = ""
         state.b0_text = ""
         state.inputs_text = "No input loaded."
@@ -148,8 +151,10 @@ class QSMWebApp:
     def _clear_scene_inputs(self):
         self.roi.reset()
         self.swi.reset()
-        for node in self.magnitude + self.phase + list(self.outputs.values()):
-            self.scene.RemoveNode(node)
+        for node in self.magnitude + self.phase + list(self.outputs.values()) + [self.mask_node]:
+            if node is not None:
+                self.scene.RemoveNode(node)
+        self.mask_node = None
         self.magnitude, self.phase, self.outputs, self.provenance = [], [], {}, None
         self.state.has_result = False
         self.state.mask_refused = False
@@ -226,7 +231,7 @@ class QSMWebApp:
     # -- the run --------------------------------------------------------------------------------
 
     #: Panel values a Run click sends along (so a value typed just before the click is the one used).
-    RUN_FIELDS = ("te_text", "b0_text", "preset", "unwrap", "bgremove", "inversion", "reference")
+    RUN_FIELDS = ("te_text", "b0_text", "preset", "unwrap", "bgremove", "inversion", "reference", "mask_name")
 
     def run(self, *values):
         """Start the reconstruction with the panel's settings (a worker thread; Cancel stays live)."""
@@ -243,10 +248,37 @@ class QSMWebApp:
                         "preset": self.state.preset, "unwrap": self.state.unwrap,
                         "bgremove": self.state.bgremove, "inversion": self.state.inversion,
                         "reference": self.state.reference, "threads": self.threads}
+            self._load_mask()
         except QSMInputError as exc:
             self._set_status(str(exc), "error")
             return
         self._start(settings)
+
+    def _load_mask(self):
+        """The brain mask file named in the panel as a labelmap of the app's scene (None: automatic mask).
+
+        Read by ``qsm run --mask``'s reader: it must lie on the magnitude's
+        voxel grid (shape and affine).
+        """
+        from qsmslicer import nodes
+
+        from ..io.multiecho import load_mask
+
+        if self.mask_node is not None:
+            self.scene.RemoveNode(self.mask_node)
+            self.mask_node = None
+        name = (self.state.mask_name or "").strip()
+        if not name:
+            return
+        reference = self.magnitude[0]
+        path = self.data_folder.resolve(name)
+        try:
+            mask = load_mask(path, nodes.dimensions(reference), nodes.ijk_to_ras(reference))
+        except QSMInputError as exc:
+            raise QSMInputError(f"brain mask {name}: " + str(exc).replace(str(path) + ": ", "", 1).replace(
+                "leave out --mask", "clear the Brain mask box")) from None
+        self.mask_node = nodes.output_volume(self.scene, name, mask.astype(np.uint8), nodes.ijk_to_ras(reference),
+                                             class_name="vtkMRMLLabelMapVolumeNode")
 
     def run_accepting_mask(self):
         """Run again what was refused for an implausible automatic brain mask, with that mask.
@@ -260,7 +292,7 @@ class QSMWebApp:
 
     def _start(self, settings):
         self.loop = asyncio.get_event_loop()
-        self.job = reconstruction_job(self.magnitude, self.phase, settings)
+        self.job = reconstruction_job(self.magnitude, self.phase, settings, mask=self.mask_node)
         self.refused_settings = None
         self.state.mask_refused = False
         self.state.running = True
@@ -381,6 +413,9 @@ class QSMWebApp:
                      update_focused=(self.refresh_files, "[$event]"))
         v3.VBtn("Load files", id="qsm-load-files", block=True, click=(self.load_files, "[magnitude_name, phase_name]"),
                 disabled=("running",))
+        v3.VCombobox(label="Brain mask (3D NIfTI; empty: automatic)", id="qsm-mask", v_model=("mask_name",),
+                     items=("files",), density="compact", hide_details=True, clearable=True, classes="my-2",
+                     update_focused=(self.refresh_files, "[$event]"))
         self.sources.build()
         html.Div("{{ inputs_text }}", id="qsm-inputs", classes="text-caption my-2")
         v3.VTextField(label="Echo times (s)", id="qsm-te", v_model=("te_text",), density="compact",
@@ -461,8 +496,12 @@ def _scratch_scene():
 
 
 def implausible_mask_text(refusal):
-    """The status line for a run refused because its automatic brain mask looks implausible."""
-    problems = "\n".join(f"- {problem}" for problem in (refusal.check or {}).get("implausible", [])) or str(refusal)
-    return ("The automatic brain mask looks implausible:\n" + problems + "\nNo map was made. Use this mask "
-            "anyway (the warnings are kept in the map's provenance), or load images that hold the head "
-            "with some background around it.")
+    """The status line for a run refused because its brain mask (automatic or given) looks implausible."""
+    check = refusal.check or {}
+    problems = "\n".join(f"- {problem}" for problem in check.get("implausible", [])) or str(refusal)
+    if check.get("source") == "given":
+        source, fix = "The brain mask file", "choose the brain mask of this scan"
+    else:
+        source, fix = "The automatic brain mask", "choose a brain mask file (Brain mask) and Run again"
+    return (f"{source} looks implausible:\n{problems}\nNo map was made. Use this mask anyway (the warnings "
+            f"are kept in the map's provenance), or {fix}.")

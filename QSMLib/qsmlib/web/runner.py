@@ -75,9 +75,9 @@ class LogicJob:
         ``takes_progress``; returns an object whose attributes
         ``output_names`` are output nodes (or None).
     volumes : dict
-        Keyword of ``logic_call`` -> list of volume nodes (or an EchoSeries) in
-        the app's scene; copied here, on the calling thread, into the job's
-        private scene (:func:`copy_echoes`).
+        Keyword of ``logic_call`` -> a volume node, or a list of them (or an
+        EchoSeries), in the app's scene; copied here, on the calling thread,
+        into the job's private scene (:func:`copy_volume`, :func:`copy_echoes`).
     settings : dict
         The other keyword arguments of ``logic_call``.
     output_names : sequence of str
@@ -92,7 +92,8 @@ class LogicJob:
 
         self.scene = slicer.vtkMRMLScene()
         self.logic_call = logic_call
-        self.inputs = {key: copy_echoes(nodes, self.scene) for key, nodes in volumes.items()}
+        self.inputs = {key: copy_echoes(nodes, self.scene) if isinstance(nodes, list) else copy_volume(nodes, self.scene)
+                       for key, nodes in volumes.items()}
         self.settings = dict(settings)
         self.output_names = tuple(output_names)
         self.takes_progress = takes_progress
@@ -151,16 +152,19 @@ class LogicJob:
         self.scene.Clear(1)
 
 
-def reconstruction_job(magnitude, phase, settings):
+def reconstruction_job(magnitude, phase, settings, mask=None):
     """A :class:`LogicJob` of ``ReconstructionLogic().process`` (the QSM Reconstruction module's Logic).
 
     ``settings``: its keyword arguments (``te_s``, ``b0_t``, ``preset``,
-    ``unwrap``, ``bgremove``, ``inversion``, ``reference``, ``threads``, ...).
+    ``unwrap``, ``bgremove``, ``inversion``, ``reference``, ``threads``, ...);
+    ``mask``: a labelmap node of the brain mask, or None for the automatic one.
     """
     from qsmslicer.reconstruction import ReconstructionLogic
 
-    return LogicJob(ReconstructionLogic().process, {"magnitude": magnitude, "phase": phase}, settings,
-                    OUTPUT_NODES)
+    volumes = {"magnitude": magnitude, "phase": phase}
+    if mask is not None:
+        volumes["mask"] = mask
+    return LogicJob(ReconstructionLogic().process, volumes, settings, OUTPUT_NODES)
 
 
 def swi_job(magnitude, phase, settings):
