@@ -175,3 +175,49 @@ def test_swi_of_the_sample_head_is_shown_and_downloads_swilogics_result(page, tm
     chi_view = image_stats(red.screenshot())
     assert chi_view["red"] > 0.015 and chi_view["blue"] > 0.005, chi_view  # as in test_web_app's fast run
     assert page.locator("#qsm-download-swi").count() == 1
+
+
+def test_swi_settings_typed_in_the_browser_reach_swilogic(page, tmp_path):
+    import nibabel as nib
+    import slicer
+
+    from qsmslicer import nodes
+    from qsmslicer.reconstruction import ReconstructionLogic
+    from qsmslicer.swi import SwiLogic
+
+    load_sample(page)
+
+    def settings(kind, power, filter_size, slab_mm, flip):
+        _choose(page, "#qsm-swi-kind", kind)
+        for box, value in (("#qsm-swi-power", power), ("#qsm-swi-filter-size", filter_size),
+                           ("#qsm-swi-slab-mm", slab_mm)):
+            page.locator(box).fill(value)
+        if page.locator("#qsm-swi-flip").is_checked() != flip:
+            page.locator("#qsm-swi-flip").click()
+        page.wait_for_function(f"() => window.trame.state.get('swi_kind') === {kind!r} && "
+                               f"window.trame.state.get('swi_flip') === {str(flip).lower()}", timeout=10_000)
+        before = page.evaluate("() => window.trame.state.get('swi_status')")
+        page.click("#qsm-swi-run")
+        page.wait_for_function("(before) => !window.trame.state.get('swi_running') && "
+                               "window.trame.state.get('swi_status') !== before", arg=before, timeout=60_000)
+        return page.locator("#qsm-swi-status").inner_text()
+
+    refusal = settings("symmetric", "2", "many", "16", True)
+    assert refusal == "SWI high-pass filter size: 'many' is not a whole number; give one, for example 32", refusal
+    refusal = settings("symmetric", "2", "24", "-1", True)
+    assert refusal.startswith("mIP slab: '-1' is out of range; give a number mm >= 0"), refusal
+    ready = settings("symmetric", "2", "24", "16", True)
+    assert "SWI and mIP ready" in ready, ready
+    swi = np.asarray(nib.load(str(download(page, "#qsm-download-swi", tmp_path / "swi.nii.gz"))).dataobj)
+    mip = np.asarray(nib.load(str(download(page, "#qsm-download-mip", tmp_path / "mip.nii.gz"))).dataobj)
+
+    scene = slicer.vtkMRMLScene()
+    magnitude, phase, head = ReconstructionLogic().addSimulatedHead(scene=scene, voxel_size_mm=2.0)
+    expected = SwiLogic().process(magnitude, phase, te_s=list(head.te_s), kind="symmetric", power=2.0,
+                                  filter_size=24, slab_mm=16.0, phase_sign=-1)
+    defaults = SwiLogic().process(magnitude, phase, te_s=list(head.te_s))
+    for got, name in ((swi, "swi"), (mip, "mip")):
+        want = nodes.array_from_volume(getattr(expected, name))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+        # the settings changed the result: the defaults' volume is another one
+        assert np.abs(want - nodes.array_from_volume(getattr(defaults, name))).max() > 0.01 * np.abs(want).max()

@@ -17,7 +17,9 @@ import time
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
+from .. import swi as qsm_swi
 from ..errors import QSMInputError
+from ..validation import check_number
 from . import inputs
 from .runner import swi_job
 from .downloads import download_button, nifti_bytes
@@ -33,6 +35,8 @@ SHOWN_LABELS = {"magnitude": "Magnitude (echo 1)", "susceptibility": "Susceptibi
 FIELD_MAPS = ("local_field", "total_field")
 #: Opacity of the mask's label layer over the magnitude (the magnitude stays readable under it).
 MASK_OPACITY = 0.5
+#: The SWI settings the page sends with the click (state names), as the SWI module's parameters.
+SWI_FIELDS = ("te_text", "swi_kind", "swi_power", "swi_filter_size", "swi_slab_mm", "swi_flip")
 
 
 class SwiPanel:
@@ -57,6 +61,12 @@ class SwiPanel:
         state.swi_ready = False
         state.swi_status = ""
         state.swi_status_type = "info"
+        state.swi_kinds = list(qsm_swi.PHASE_MASKS)
+        state.swi_kind = "negative"
+        state.swi_power = "4"
+        state.swi_filter_size = str(qsm_swi.DEFAULT_FILTER_SIZE)
+        state.swi_slab_mm = f"{qsm_swi.DEFAULT_SLAB_MM:g}"
+        state.swi_flip = False
         state.shown_map = "magnitude"
         state.shown_caption = ""
         state.change("shown_map")(self.show_map)
@@ -78,27 +88,35 @@ class SwiPanel:
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self, te_text=None):
-        """Start SWI and mIP on the loaded echoes with the panel's echo times (a worker thread).
+    def run(self, *values):
+        """Start SWI and mIP on the loaded echoes with the panel's settings (a worker thread).
 
-        The page sends the echo times it shows with the click.
+        The page sends the values it shows (:data:`SWI_FIELDS`) with the
+        click. The settings are the SWI module's: phase mask kind, its power,
+        the high-pass filter size (k-space samples), the mIP slab (mm) and the
+        phase sign; qsmlib checks their ranges.
         """
         app, state = self.app, self.state
         if state.running or state.swi_running:
             return
-        if te_text is not None:
-            state.te_text = te_text
+        if values:
+            state.update(dict(zip(SWI_FIELDS, values)))
         if not app.magnitude:
             self._status("No input: load the sample head, files, a BIDS subject or a DICOM folder first.", "error")
             return
         try:
-            te_s = inputs.parse_echo_times(state.te_text, len(app.magnitude))
+            settings = {"te_s": inputs.parse_echo_times(state.te_text, len(app.magnitude)),
+                        "kind": state.swi_kind,
+                        "power": check_number(state.swi_power, "SWI power"),
+                        "filter_size": _whole_number(state.swi_filter_size, "SWI high-pass filter size"),
+                        "slab_mm": check_number(state.swi_slab_mm, "mIP slab", unit=" mm"),
+                        "phase_sign": -1 if state.swi_flip else 1}
         except QSMInputError as exc:
             self._status(str(exc), "error")
             return
         self.loop = asyncio.get_event_loop()
         self.source = list(app.magnitude)
-        self.job = swi_job(app.magnitude, app.phase, {"te_s": te_s})
+        self.job = swi_job(app.magnitude, app.phase, settings)
         self.started = time.monotonic()
         state.swi_running = True
         self._status("Computing SWI and mIP...", "info")
@@ -213,7 +231,17 @@ class SwiPanel:
                    v_if=("inputs_loaded",))
         html.Div("{{ shown_caption }}", id="qsm-shown-caption", classes="text-caption", v_if=("inputs_loaded",))
         html.Div("SWI", classes="text-h6 mt-2")
-        v3.VBtn("Compute SWI and mIP", id="qsm-swi-run", block=True, classes="my-2", click=(self.run, "[te_text]"),
+        v3.VSelect(label="Phase mask", id="qsm-swi-kind", v_model=("swi_kind",), items=("swi_kinds",),
+                   density="compact", hide_details=True, classes="my-2")
+        with html.Div(classes="d-flex"):
+            for key, label in (("swi_power", "Power"), ("swi_filter_size", "Filter size (samples)"),
+                               ("swi_slab_mm", "mIP slab (mm)")):
+                v3.VTextField(label=label, id=f"qsm-{key.replace('_', '-')}", v_model=(key,), density="compact",
+                              hide_details=True, classes="mr-2")
+        v3.VCheckbox(label="Flip the phase sign", id="qsm-swi-flip", v_model=("swi_flip",), density="compact",
+                     hide_details=True)
+        v3.VBtn("Compute SWI and mIP", id="qsm-swi-run", block=True, classes="my-2",
+                click=(self.run, f"[{', '.join(SWI_FIELDS)}]"),
                 disabled=("running || swi_running || !inputs_loaded",), loading=("swi_running",))
         v3.VAlert(text=("swi_status",), type=("swi_status_type",), id="qsm-swi-status", density="compact",
                   variant="tonal", classes="my-2", v_if=("swi_status",),
@@ -222,6 +250,15 @@ class SwiPanel:
             download = trigger(self.download)
             for key, file_name in SWI_DOWNLOADS.items():
                 download_button(file_name, f"qsm-download-{key}", download, "application/gzip", key)
+
+
+def _whole_number(text, name):
+    """A typed whole number (``"32"``), else a QSMInputError naming ``name``."""
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise QSMInputError(f"{name}: {text!r} is not a whole number; give one, for example "
+                            f"{qsm_swi.DEFAULT_FILTER_SIZE}") from None
 
 
 def show_label_layer(scene, labelmap, opacity=MASK_OPACITY):
