@@ -207,3 +207,21 @@ def test_a_second_batch_on_one_output_is_refused_before_starting(tmp_path, capsy
         assert status == 2
         assert "in use by another qsm run" in one_error_line(err) and "'qsm batch first'" in err
         assert snapshot(tmp_path) == before
+
+
+def test_a_stop_leaves_a_ctrl_c_handler_it_did_not_install_in_place():
+    from qsmlib.cli import Stopped, _signals_stop_like_ctrl_c
+
+    def own_handler(_signum, _frame):
+        raise AssertionError("not called here")
+
+    saved = signal.signal(signal.SIGINT, own_handler)
+    try:
+        with pytest.raises(Stopped):
+            with _signals_stop_like_ctrl_c():
+                assert signal.getsignal(signal.SIGINT) is own_handler  # an embedding program's: left alone
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is own_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, saved)

@@ -809,23 +809,27 @@ class _StopRequest:
 def _signals_stop_like_ctrl_c():
     """While inside, SIGTERM and SIGHUP raise :class:`Stopped`, so staged outputs are removed as on Ctrl-C.
 
-    Yields a :class:`_StopRequest` (or None where nothing was installed). A
-    second signal during the clean-up is ignored. Only the main thread can
-    install handlers; elsewhere nothing changes.
+    Ctrl-C (SIGINT, where Python's own handler is in place) raises
+    KeyboardInterrupt as usual; both are kept in the yielded
+    :class:`_StopRequest` (None where nothing was installed) and raised again
+    if Python drops them. A second signal during the clean-up is ignored.
+    Only the main thread can install handlers; elsewhere nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
     request = _StopRequest()
-    stoppers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
 
     def stop(signum, _frame):
-        for sig in stoppers + [signal.SIGINT]:
+        for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         request.signum = signum
         request.check()
 
-    previous = {sig: signal.signal(sig, stop) for sig in stoppers}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, stop)
     try:
