@@ -255,14 +255,14 @@ class QSMWebApp:
         self._start(settings)
 
     def _load_mask(self):
-        """The brain mask file named in the panel as a labelmap of the app's scene (None: automatic mask).
+        """Load the brain mask file named in the panel into ``mask_node`` (a labelmap; None when no file is named).
 
         Read by ``qsm run --mask``'s reader: it must lie on the magnitude's
-        voxel grid (shape and affine).
+        voxel grid (shape and affine). Without it the run makes its automatic mask.
         """
         from qsmslicer import nodes
 
-        from ..io.multiecho import load_mask
+        from ..io import load_mask
 
         if self.mask_node is not None:
             self.scene.RemoveNode(self.mask_node)
@@ -281,7 +281,7 @@ class QSMWebApp:
                                              class_name="vtkMRMLLabelMapVolumeNode")
 
     def run_accepting_mask(self):
-        """Run again what was refused for an implausible automatic brain mask, with that mask.
+        """Run again what was refused for an implausible brain mask (automatic or given), with that mask.
 
         As the Slicer module's "Use this mask anyway": the plausibility
         warnings go into the map's provenance and the status line.
