@@ -189,3 +189,23 @@ def test_a_dicom_folder_without_field_strength_names_the_conversion_that_fixes_i
                                             r"with qsm dicom2bids --b0 T into the data folder and load that BIDS "
                                             r"subject$"):
         inputs.load_dicom_folder(DataFolder(data), "nob0")
+
+
+def test_a_brain_mask_file_is_read_on_the_grid_with_the_browsers_fixes(tmp_path):
+    from qsmlib.io import save_nifti
+
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[1:4, 1:3, 1:3] = 1
+    save_nifti(tmp_path / "mask.nii.gz", mask, affine, dtype=np.uint8)
+    save_nifti(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.uint8), affine, dtype=np.uint8)
+    folder = DataFolder(tmp_path)
+    np.testing.assert_array_equal(inputs.load_mask_file(folder, "mask.nii.gz", SHAPE, affine), mask.astype(bool))
+    with pytest.raises(QSMInputError) as empty:
+        inputs.load_mask_file(folder, "empty.nii.gz", SHAPE, affine)
+    assert str(empty.value) == ("brain mask empty.nii.gz: the mask is empty (no voxel is set); give a mask that "
+                                "covers the brain, or clear the Brain mask box to compute one")
+    with pytest.raises(QSMInputError, match=r"^brain mask mask.nii.gz: the mask's affine differs from the data's"):
+        inputs.load_mask_file(folder, "mask.nii.gz", SHAPE, np.eye(4))
+    with pytest.raises(DataFolderError, match="outside the data folder"):
+        inputs.load_mask_file(folder, "../mask.nii.gz", SHAPE, affine)

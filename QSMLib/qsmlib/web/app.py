@@ -262,8 +262,6 @@ class QSMWebApp:
         """
         from qsmslicer import nodes
 
-        from ..io import load_mask
-
         if self.mask_node is not None:
             self.scene.RemoveNode(self.mask_node)
             self.mask_node = None
@@ -271,13 +269,9 @@ class QSMWebApp:
         if not name:
             return
         reference = self.magnitude[0]
-        path = self.data_folder.resolve(name)
-        try:
-            mask = load_mask(path, nodes.dimensions(reference), nodes.ijk_to_ras(reference))
-        except QSMInputError as exc:
-            raise QSMInputError(f"brain mask {name}: " + str(exc).replace(str(path) + ": ", "", 1).replace(
-                "leave out --mask", "clear the Brain mask box")) from None
-        self.mask_node = nodes.output_volume(self.scene, name, mask.astype(np.uint8), nodes.ijk_to_ras(reference),
+        affine = nodes.ijk_to_ras(reference)
+        mask = inputs.load_mask_file(self.data_folder, name, nodes.dimensions(reference), affine)
+        self.mask_node = nodes.output_volume(self.scene, name, mask.astype(np.uint8), affine,
                                              class_name="vtkMRMLLabelMapVolumeNode")
 
     def run_accepting_mask(self):

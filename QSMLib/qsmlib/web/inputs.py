@@ -92,6 +92,30 @@ def load_echo_nodes(scene, path, kind, name):
     return nodes.echo_series(scene, data, affine, name, phase_scaling=scaling), affine
 
 
+def parse_whole_number(text, name, example):
+    """A typed whole number (``"32"``), else a QSMInputError naming ``name`` with ``example``."""
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise QSMInputError(f"{name}: {text!r} is not a whole number; give one, for example {example}") from None
+
+
+def load_mask_file(data_folder, name, shape, affine):
+    """The brain mask file ``name`` of the data folder on the magnitude's grid (``qsm run --mask``'s reader).
+
+    Returns a boolean array; raises :class:`QSMInputError` naming the file
+    (relative to the data folder), the problem and the browser's fix.
+    """
+    from ..io import load_mask
+
+    path = data_folder.resolve(name)
+    try:
+        return load_mask(path, shape, affine)
+    except QSMInputError as exc:
+        message = str(exc).replace(f"{path}: ", "", 1)  # the server's path: the panel names the file
+        raise QSMInputError(f"brain mask {name}: {_in_the_browser(message, MASK_FIXES)}") from None
+
+
 def bids_datasets(data_folder):
     """Folders of the data folder that hold ``sub-*`` folders (BIDS datasets), as names for the panel."""
     names = []
@@ -142,6 +166,8 @@ DICOM_FIXES = (
     ("convert it with dcm2niix and use --mag/--phase", "convert it with dcm2niix into the data folder and load "
                                                        "the NIfTI files"),
 )
+
+MASK_FIXES = (("leave out --mask", "clear the Brain mask box"),)
 
 
 def _in_the_browser(message, fixes):

@@ -92,8 +92,8 @@ class LogicJob:
 
         self.scene = slicer.vtkMRMLScene()
         self.logic_call = logic_call
-        self.inputs = {key: copy_echoes(nodes, self.scene) if isinstance(nodes, list) else copy_volume(nodes, self.scene)
-                       for key, nodes in volumes.items()}
+        self.inputs = {key: copy_echoes(given, self.scene) if isinstance(given, list)
+                       else copy_volume(given, self.scene) for key, given in volumes.items()}
         self.settings = dict(settings)
         self.output_names = tuple(output_names)
         self.takes_progress = takes_progress

@@ -108,7 +108,8 @@ class SwiPanel:
             settings = {"te_s": inputs.parse_echo_times(state.te_text, len(app.magnitude)),
                         "kind": state.swi_kind,
                         "power": check_number(state.swi_power, "SWI power"),
-                        "filter_size": _whole_number(state.swi_filter_size, "SWI high-pass filter size"),
+                        "filter_size": inputs.parse_whole_number(state.swi_filter_size, "SWI high-pass filter size",
+                                                                 qsm_swi.DEFAULT_FILTER_SIZE),
                         "slab_mm": check_number(state.swi_slab_mm, "mIP slab", unit=" mm"),
                         "phase_sign": -1 if state.swi_flip else 1}
         except QSMInputError as exc:
@@ -250,15 +251,6 @@ class SwiPanel:
             download = trigger(self.download)
             for key, file_name in SWI_DOWNLOADS.items():
                 download_button(file_name, f"qsm-download-{key}", download, "application/gzip", key)
-
-
-def _whole_number(text, name):
-    """A typed whole number (``"32"``), else a QSMInputError naming ``name``."""
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise QSMInputError(f"{name}: {text!r} is not a whole number; give one, for example "
-                            f"{qsm_swi.DEFAULT_FILTER_SIZE}") from None
 
 
 def show_label_layer(scene, labelmap, opacity=MASK_OPACITY):
