@@ -209,7 +209,7 @@ def test_lcurve_choice_of_tikhonov_is_near_the_optimum(phantom):
     rng = np.random.default_rng(0)
     noisy = np.where(mask, phantom["field"] + rng.normal(0, 0.005, mask.shape), 0).astype(np.float32)
     values = np.geomspace(1e-4, 1.0, 17)
-    choice = choose_regularisation("tikhonov", noisy, mask, 1, values=values)
+    choice = choose_regularisation("tikhonov", noisy, mask, 1, values=values, rule="lcurve")
     errors = [_rmse(tikhonov(noisy, mask, 1, lam=v), truth, mask) for v in values]
     best = values[int(np.argmin(errors))]
     # measured: chosen 0.01, NRMSE-optimal 0.0316 (RMSE 0.0106 against 0.0087 ppm)
@@ -217,10 +217,37 @@ def test_lcurve_choice_of_tikhonov_is_near_the_optimum(phantom):
     assert choice.parameter == "lam" and choice.value in choice.values
     record = choice.as_record()
     assert record["value"] == choice.value and len(record["residual_norms"]) == values.size
-    # "auto" inside the method uses the same choice
-    np.testing.assert_array_equal(tikhonov(noisy, mask, 1, lam="auto"),
-                                  tikhonov(noisy, mask, 1, lam=choose_regularisation(
-                                      "tikhonov", noisy, mask, 1).value))
+
+
+@pytest.mark.parametrize("sigma", [0.0025, 0.005, 0.01])
+def test_gcv_choice_of_tikhonov_is_near_the_optimum_and_grows_with_the_noise(phantom, sigma):
+    mask, truth = phantom["mask"], phantom["chi"]
+    rng = np.random.default_rng(0)
+    unit = rng.normal(0, 1, mask.shape)
+
+    def noisy(sd):
+        return np.where(mask, phantom["field"] + sd * unit, 0).astype(np.float32)
+
+    choice = choose_regularisation("tikhonov", noisy(sigma), mask, 1, rule="gcv")
+    values = choice.values
+    errors = [_rmse(tikhonov(noisy(sigma), mask, 1, lam=v), truth, mask) for v in values]
+    chosen_error = errors[values.index(choice.value)]
+    # measured: 1.3-2.6 % above the lowest RMSE among the 25 candidates (the L-curve corner: 22-113 % above)
+    assert chosen_error <= 1.1 * min(errors), (choice.value, values[int(np.argmin(errors))])
+    # GCV needs no noise level: twice the noise gives a larger weight
+    doubled = choose_regularisation("tikhonov", noisy(2 * sigma), mask, 1, rule="gcv")
+    assert doubled.value > choice.value
+    # the score is n |M (D chi - f)|^2 / (n - trace)^2, minimal at the choice
+    scores = np.asarray(choice.gcv_scores)
+    assert scores.size == len(values) and np.argmin(scores) == values.index(choice.value)
+    n = mask.sum()
+    traces = n - np.sqrt(n * np.square(choice.residual_norms) / scores)
+    assert np.all((traces > 0) & (traces < n)) and np.all(np.diff(traces) < 0)  # more smoothing, fewer freedoms
+    assert choice.as_record()["rule"] == "gcv"
+    # "auto" is GCV for Tikhonov, inside the method and in the choice
+    assert choose_regularisation("tikhonov", noisy(sigma), mask, 1).value == choice.value
+    np.testing.assert_array_equal(tikhonov(noisy(sigma), mask, 1, lam="auto"),
+                                  tikhonov(noisy(sigma), mask, 1, lam=choice.value))
 
 
 @pytest.mark.parametrize("method", ["tkd", "tsvd"])
@@ -261,4 +288,4 @@ def test_discrepancy_choice_follows_the_noise_and_stays_near_the_optimum(phantom
     with pytest.raises(QSMInputError, match="noise SD"):
         choose_regularisation("tkd", noisy, mask, 1, rule="discrepancy")
     with pytest.raises(QSMInputError, match="rule"):
-        choose_regularisation("tkd", noisy, mask, 1, rule="gcv")
+        choose_regularisation("tkd", noisy, mask, 1, rule="sure")

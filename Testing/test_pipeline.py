@@ -257,16 +257,22 @@ def test_csf_and_label_references_shift_the_map_by_the_region_mean(head_2mm, tmp
     assert not (tmp_path / "out2").exists()
 
 
-def test_automatic_regularisation_is_chosen_by_the_l_curve_and_recorded(head_2mm):
+def test_tikhonov_weight_is_chosen_by_gcv_by_default_and_recorded(head_2mm):
     _phantom, sim = head_2mm
     from_local = dict(local_field_hz=sim.local_field_ppm * hz_per_ppm(sim.b0_t), mask=sim.brain_mask,
                       b0_t=sim.b0_t, voxel_size=sim.voxel_size_mm, b0_dir=sim.b0_dir)
-    auto = reconstruct(**from_local, config=pipeline.PipelineConfig(inversion="tikhonov",
-                                                                    options={"tikhonov": {"lam": "auto"}}))
+    auto = reconstruct(**from_local, config=pipeline.PipelineConfig(inversion="tikhonov"))
     record = next(s for s in auto.provenance["stages"] if s["stage"] == "dipole inversion")
     chosen = record["parameters"]["lam"]
     curve = record["auto_regularisation"]
     assert isinstance(chosen, float) and chosen == curve["value"] and min(curve["values"]) <= chosen <= max(curve["values"])
+    assert curve["rule"] == "gcv" and record["regularisation_source"] == {"lam": "automatic"}
+    assert curve["gcv_scores"][curve["values"].index(chosen)] == min(curve["gcv_scores"])
+    # the other rules by name
+    lcurve = reconstruct(**from_local, config=pipeline.PipelineConfig(
+        inversion="tikhonov", options={"tikhonov": {"lam": "lcurve"}}))
+    assert next(s for s in lcurve.provenance["stages"]
+                if s["stage"] == "dipole inversion")["auto_regularisation"]["rule"] == "lcurve"
     # the recorded value reproduces the map
     fixed = reconstruct(**from_local, config=pipeline.PipelineConfig(inversion="tikhonov",
                                                                      options={"tikhonov": {"lam": chosen}}))

@@ -55,13 +55,14 @@ def test_weight_rule_grows_with_noise_and_voxel_size():
     assert record["value"] == lam and record["noise_sd_ppm"] == 0.003 and record["noise_source"] == "test"
 
 
-def _invert(tmp_path, tag, field_ppm, mask, affine, method="tv-admm"):
+def _invert(tmp_path, tag, field_ppm, mask, affine, method="tv-admm", options=("max_iter=3",)):
     field_file, mask_file = tmp_path / f"field_{tag}.nii.gz", tmp_path / f"mask_{tag}.nii.gz"
     nib.save(nib.Nifti1Image(field_ppm * hz_per_ppm(3.0), affine), str(field_file))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(mask_file))
     out = tmp_path / f"chi_{tag}.nii.gz"
     assert main(["invert", "--local-field", str(field_file), "--unit", "hz", "--b0", "3", "--mask", str(mask_file),
-                 "--method", method, "--out", str(out), "--option", f"{method}.max_iter=3"]) == 0
+                 "--method", method, "--out", str(out)]
+                + [a for option in options for a in ("--option", f"{method}.{option}")]) == 0
     sidecar = json.loads((tmp_path / f"chi_{tag}.json").read_text())
     stage = [s for s in sidecar["stages"] if s["stage"] == "dipole inversion"][0]
     return stage
@@ -84,6 +85,18 @@ def test_qsm_invert_records_a_weight_that_grows_when_the_noise_doubles(tmp_path,
     ratio = high["auto_regularisation"]["noise_sd_ppm"] / low["auto_regularisation"]["noise_sd_ppm"]
     assert ratio == pytest.approx(2.0, rel=0.15)
     assert high["parameters"]["lam"] == pytest.approx(ratio * low["parameters"]["lam"])
+
+
+def test_qsm_invert_chooses_the_tikhonov_weight_by_gcv_and_it_grows_when_the_noise_doubles(tmp_path, noiseless_field):
+    field, mask, affine = noiseless_field
+    noise = np.random.default_rng(12).normal(0.0, 1.0, field.shape).astype(np.float32)
+    low = _invert(tmp_path, "low", field + 0.005 * noise, mask, affine, "tikhonov", options=())
+    high = _invert(tmp_path, "high", field + 0.010 * noise, mask, affine, "tikhonov", options=())
+    for stage in (low, high):
+        auto = stage["auto_regularisation"]
+        assert auto["rule"] == "gcv" and stage["parameters"]["lam"] == auto["value"]
+        assert stage["regularisation_source"] == {"lam": "automatic"}
+    assert high["parameters"]["lam"] > low["parameters"]["lam"]
 
 
 def test_multi_echo_run_takes_the_weight_from_the_echo_fit_noise(head_2mm):

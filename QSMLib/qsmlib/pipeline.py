@@ -26,8 +26,8 @@ from .bgremove import ismv, lbv, pdf, resharp, sharp, vsharp
 from .constants import hz_per_ppm, hz_to_ppm
 from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
-from .inversion import (AUTO_PARAMETERS, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov, tkd, tsvd,
-                        tv_admm)
+from .inversion import (AUTO_PARAMETERS, PARAMETER_RULES, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov,
+                        tkd, tsvd, tv_admm)
 from .inversion.tv_weight import choose_tv_weight
 from .mask_check import check_brain_mask
 from .masking import brain_mask, erosion_radius_mm, opening_radius_mm
@@ -152,8 +152,9 @@ REGULARISATION_WEIGHTS = {"tv-admm": ("lam",), "nltv": ("lam",), "star": ("lam",
                           "tsvd": ("threshold",), "ilsqr": ("threshold",), "rts": ("delta", "mu")}
 
 #: Defaults of the pipeline that differ from the bare functions': weights chosen from the data
-#: (issue 12). The TV weight follows the measured noise (:mod:`qsmlib.inversion.tv_weight`).
-DATA_CHOSEN_DEFAULTS = {name: {"lam": "auto"} for name in TV_WEIGHTED_INVERSIONS}
+#: (issue 12). The TV weight follows the measured noise (:mod:`qsmlib.inversion.tv_weight`);
+#: Tikhonov's is chosen by generalised cross-validation (:mod:`qsmlib.inversion.lcurve`).
+DATA_CHOSEN_DEFAULTS = {**{name: {"lam": "auto"} for name in TV_WEIGHTED_INVERSIONS}, "tikhonov": {"lam": "auto"}}
 
 
 def method_parameters(func, options, name):
@@ -473,10 +474,10 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
     with recorder.stage("dipole inversion", config.inversion, params) as (callback, record):
         field_ppm = hz_to_ppm(local_field_hz, b0_t).astype(np.float32)
         auto_key = AUTO_PARAMETERS.get(config.inversion)
-        if auto_key and isinstance(params.get(auto_key), str) and params[auto_key] in ("auto", "discrepancy"):
-            rule = "lcurve" if params[auto_key] == "auto" else "discrepancy"
+        if auto_key and isinstance(params.get(auto_key), str) and params[auto_key] in PARAMETER_RULES:
             choice = choose_regularisation(config.inversion, field_ppm, mask, voxel_size, b0_dir=b0_dir,
-                                           pad_voxels=params["pad_voxels"], rule=rule, noise_sd_ppm=noise_sd_ppm)
+                                           pad_voxels=params["pad_voxels"], rule=params[auto_key],
+                                           noise_sd_ppm=noise_sd_ppm)
             params = dict(params, **{auto_key: choice.value})
             record["parameters"][auto_key] = choice.value
             record["auto_regularisation"] = choice.as_record()

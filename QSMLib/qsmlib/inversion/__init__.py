@@ -26,7 +26,8 @@ picks the parameter of the one-parameter methods by the L-curve.
 from .cosmos import cosmos
 from .gradient import divergence, gradient, gradient_eigenvalues, gradient_norm_squared
 from .ilsqr import ilsqr
-from .lcurve import AUTO_PARAMETERS, RegularisationChoice, choose_regularisation, lcurve_choice, lcurve_corner
+from .lcurve import (AUTO_PARAMETERS, PARAMETER_RULES, RegularisationChoice, choose_regularisation, lcurve_choice,
+                     lcurve_corner)
 from .medi import magnitude_edges, medi
 from .nltv import nltv
 from .rts import rts
@@ -36,7 +37,7 @@ from .tkd import tkd
 from .tsvd import tsvd
 from .tv_admm import tv_admm
 
-__all__ = ["AUTO_PARAMETERS", "RegularisationChoice", "choose_regularisation", "cosmos", "divergence",
-           "gradient", "gradient_eigenvalues", "gradient_norm_squared", "ilsqr", "lcurve_choice",
+__all__ = ["AUTO_PARAMETERS", "PARAMETER_RULES", "RegularisationChoice", "choose_regularisation", "cosmos",
+           "divergence", "gradient", "gradient_eigenvalues", "gradient_norm_squared", "ilsqr", "lcurve_choice",
            "lcurve_corner", "magnitude_edges", "medi", "nltv", "rts", "star", "tikhonov", "tkd", "tsvd",
            "tv_admm"]
