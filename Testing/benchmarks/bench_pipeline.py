@@ -41,7 +41,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from qsmlib.fourier import fft_workers, padded_shape
-from readme_block import write_readme_block
+from readme_block import publish_table
 
 #: (voxel size mm, field T, echo times s) of each case.
 CASES = {
@@ -245,11 +245,7 @@ def main():
             print(f"  {r['total_s']:.2f} s, peak {r['peak_bytes'] / 2 ** 30:.2f} GiB, NRMSE {r['nrmse']:.1f} %, "
                   f"DGM worst {r['dgm_worst']:.4f} ppm", flush=True)
     text = table(records, args.preset)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
-    if args.write_readme:
-        write_readme_block("bench-table", text)
+    publish_table("bench-table", text, markdown=args.markdown, readme=args.write_readme)
 
 
 if __name__ == "__main__":

@@ -14,3 +14,12 @@ def write_readme_block(name, text):
     if not pattern.search(readme):
         raise SystemExit(f"README.md has no {start} ... {end} markers")
     README.write_text(pattern.sub(lambda _m: f"{start}\n{text}\n{end}", readme), encoding="utf-8")
+
+
+def publish_table(name, text, *, markdown=None, readme=False):
+    """Print a benchmark's table; also write it to the file ``markdown`` and, if ``readme``, into README.md."""
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text + "\n", encoding="utf-8")
+    if readme:
+        write_readme_block(name, text)

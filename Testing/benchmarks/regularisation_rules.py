@@ -22,13 +22,12 @@ benchmark: it asserts nothing.
 """
 
 import argparse
-from pathlib import Path
 
 from qsmlib.constants import hz_to_ppm
 from qsmlib.inversion.lcurve import choose_regularisation
 from qsmlib.inversion.tikhonov import DEFAULT_TIKHONOV_LAMBDA, tikhonov
 from qsmlib.simulation import load_fine_head_model, simulate_realistic_gre
-from readme_block import write_readme_block
+from readme_block import publish_table
 from robustness_table import BASE, ROWS, describe, run_pipeline, score
 
 
@@ -87,11 +86,7 @@ def main():
         results[name] = (describe({**BASE, **ROWS[name]}), row_result(model, name, args.seed))
         print(name, {k: tuple(round(float(x), 4) for x in v) for k, v in results[name][1].items()}, flush=True)
     text = table(results, args.seed)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
-    if args.write_readme:
-        write_readme_block("regularisation-rules", text)
+    publish_table("regularisation-rules", text, markdown=args.markdown, readme=args.write_readme)
 
 
 if __name__ == "__main__":
