@@ -3,7 +3,7 @@
     python Testing/benchmarks/robustness_table.py [--rows NAME ...] [--list]
         [--tuning-seed N] [--report-seed N] [--markdown FILE]
     python Testing/benchmarks/robustness_table.py --write-readme FILE [FILE ...]
-    python Testing/benchmarks/robustness_table.py --compare FILE [FILE ...] [--rows NAME ...]
+    python Testing/benchmarks/robustness_table.py --compare FILE [FILE ...] [--rows NAME ...] [--field-methods LABEL ...]
 
 The second form summarises the Markdown of earlier runs (rows may be split
 over several runs, run side by side; where two files hold the same row and
@@ -215,8 +215,12 @@ def write_readme(paths, tuning_seed, report_seed):
 ALLOWED_NRMSE_POINTS, ALLOWED_DGM_PPM = 1.0, 0.002
 
 
-def compare(paths, names, report_seed, markdown=None):
-    """The consensus preset per row against the consensus rows of earlier runs; returns whether all hold."""
+def compare(paths, names, report_seed, markdown=None, field_methods=()):
+    """The consensus preset per row against the consensus rows of earlier runs; returns whether all hold.
+
+    ``field_methods``: labels of :data:`CANDIDATES` run again from the consensus run's local field, as
+    detailed rows only (for a change that moves their defaults too).
+    """
     label = f"consensus with {PRESETS['consensus']['inversion']}"
     earlier = read_detailed(paths)
     model = load_fine_head_model()
@@ -237,9 +241,16 @@ def compare(paths, names, report_seed, markdown=None):
         m = score(result.chi_ppm, sim, result.mask)
         # the local field is the preset's, so the earlier run's tuned TKD on it is still the floor
         floor = earlier[name][1].get("TKD on the consensus field", (np.nan,))[0]
-        detailed.append(f"| {name} | {describe(acquisition)} | {label} | {m['nrmse']:.1f} % | "
-                        f"{m['nrmse'] - floor:+.1f} | {m['xsim']:.3f} | {m['dgm_worst']:.4f} | {m['kept']:.1f} % | "
-                        f"{seconds:.1f} s |")
+        runs = [(label, result.chi_ppm, result.mask, seconds)]
+        for candidate, method, options in CANDIDATES:
+            if candidate in field_methods:
+                other, other_s = from_local_field(result, sim, method, options)
+                runs.append((f"field: {candidate}", other.chi_ppm, other.mask, other_s))
+        for method, chi, mask, run_s in runs:
+            mm = score(chi, sim, mask)
+            detailed.append(f"| {name} | {describe(acquisition)} | {method} | {mm['nrmse']:.1f} % | "
+                            f"{mm['nrmse'] - floor:+.1f} | {mm['xsim']:.3f} | {mm['dgm_worst']:.4f} | "
+                            f"{mm['kept']:.1f} % | {run_s:.1f} s |")
         d_nrmse, d_dgm = m["nrmse"] - nrmse_before, m["dgm_worst"] - dgm_before
         holds &= d_nrmse <= ALLOWED_NRMSE_POINTS and d_dgm <= ALLOWED_DGM_PPM
         stages = ", ".join(f"{s['stage']} {s['time_s']:.1f}" + (f"/{s['iterations']}" if "iterations" in s else "")
@@ -270,6 +281,8 @@ def main():
                         help="run nothing: summarise the Markdown of earlier runs (--markdown) into README.md")
     parser.add_argument("--compare", nargs="+", metavar="FILE",
                         help="run only the consensus preset and compare it with earlier runs (--markdown output)")
+    parser.add_argument("--field-methods", nargs="+", default=(), choices=[c[0] for c in CANDIDATES],
+                        help="with --compare: also run these candidates from the consensus run's local field")
     args = parser.parse_args()
     if args.tuning_seed == args.report_seed:
         parser.error("the tuning and the reported seeds must differ")
@@ -278,7 +291,8 @@ def main():
         return
     names = args.rows or list(ROWS)
     if args.compare:
-        raise SystemExit(0 if compare(args.compare, names, args.report_seed, args.markdown) else 1)
+        raise SystemExit(0 if compare(args.compare, names, args.report_seed, args.markdown, args.field_methods)
+                         else 1)
     if args.list:
         for name in ROWS:
             print(f"{name:32s} {describe({**BASE, **ROWS[name]})}")
