@@ -81,7 +81,8 @@ def test_qsm_invert_records_a_weight_that_grows_when_the_noise_doubles(tmp_path,
         assert stage["parameters"]["lam"] == auto["value"] > 0
         # each inversion's own gain (nonlinear TV's calibrated apart from TV-ADMM's)
         assert auto["gain_per_ppm"] == (0.2 if method == "nltv" else 0.3)
-        assert auto["value"] == pytest.approx(auto["gain_per_ppm"] * np.mean(auto["voxel_size_mm"]) * auto["noise_sd_ppm"])
+        h = np.mean(auto["voxel_size_mm"])
+        assert auto["value"] == pytest.approx(auto["gain_per_ppm"] * h * auto["noise_sd_ppm"])
         # STAR's level-1 weight stays a fixed default, and the provenance says so
         assert stage["regularisation_source"] == dict({"lam": "automatic"},
                                                       **({"lam_strong": "fixed default"} if method == "star" else {}))

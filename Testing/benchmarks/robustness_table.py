@@ -261,7 +261,7 @@ def compare(paths, names, report_seed, markdown=None, field_methods=()):
         print(line, flush=True)
     verdict = "every row holds" if holds else "a row is worse than allowed"
     lines += ["", verdict, "", "The same runs as rows of the detailed table (`--write-readme` takes this file after "
-              "the earlier runs, and its consensus cells replace theirs):", "",
+              "the earlier runs, and its cells replace theirs):", "",
               "| row | acquisition | method | NRMSE | vs TKD | XSIM | worst DGM error (ppm) | brain scored | time |",
               "|---|---|---|---|---|---|---|---|---|"] + detailed
     print(verdict)

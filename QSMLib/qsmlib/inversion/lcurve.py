@@ -381,7 +381,8 @@ def _masked_misfits(method, grid, candidates):
 def _discrepancy_choice(method, parameter, grid, candidates, noise_sd_ppm):
     if noise_sd_ppm is None:
         raise QSMInputError("the discrepancy rule needs the field's noise SD (noise_sd_ppm); it comes from "
-                            "the multi-echo fit, so start from magnitude and phase, or use a rule without it ('gcv', 'lcurve')")
+                            "the multi-echo fit, so start from magnitude and phase, or use a rule without it "
+                            "('gcv', 'lcurve')")
     inside = grid.inside()
     sigma = np.asarray(noise_sd_ppm, dtype=np.float64)
     if sigma.ndim == 0:

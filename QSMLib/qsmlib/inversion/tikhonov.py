@@ -17,9 +17,9 @@ from .lcurve import choose_regularisation
 
 #: Gradient weight in mm^2 of a bare call. The pipeline and the ``qsm``
 #: commands choose it from the data instead (``lam="auto"``, generalised
-#: cross-validation), because no one number fits: on the realistic head
-#: 0.01 is 18-26 NRMSE points worse than the best weight, which lies at
-#: 0.05-0.1.
+#: cross-validation), because no one number fits: on the realistic head's
+#: rows the best weight lies between 0.01 and 0.1, and 0.01 is up to 22
+#: NRMSE points worse than it (Testing/benchmarks/regularisation_rules.py).
 DEFAULT_TIKHONOV_LAMBDA = 0.01
 
 
