@@ -3,7 +3,8 @@
     python Testing/benchmarks/robustness_table.py [--rows NAME ...] [--list]
         [--tuning-seed N] [--report-seed N] [--markdown FILE]
     python Testing/benchmarks/robustness_table.py --write-readme FILE [FILE ...]
-    python Testing/benchmarks/robustness_table.py --compare FILE [FILE ...] [--rows NAME ...] [--field-methods LABEL ...]
+    python Testing/benchmarks/robustness_table.py --compare FILE [FILE ...] [--rows NAME ...]
+        [--field-methods LABEL ...]
 
 The second form summarises the Markdown of earlier runs (rows may be split
 over several runs, run side by side; where two files hold the same row and
@@ -93,6 +94,17 @@ ROWS = {
     "hard-2mm-7T-snr30-tilt-aniso": {"voxel_size_mm": 2.0, "b0_t": 7.0, "te_s": TE_7T_S, "snr": 30.0,
                                      "b0_dir": TILT_20_DEG, "wm_anisotropy": True},
 }
+
+
+#: The detailed table's header (what :func:`read_detailed` reads back).
+DETAILED_HEADER = ("| row | acquisition | method | NRMSE | vs TKD | XSIM | worst DGM error (ppm) | brain scored "
+                   "| time |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def detailed_row(name, acquisition, method, scores, vs_tkd, seconds):
+    """One row of the detailed table: ``scores`` as :func:`score` returns them."""
+    return (f"| {name} | {describe(acquisition)} | {method} | {scores['nrmse']:.1f} % | {vs_tkd:+.1f} | "
+            f"{scores['xsim']:.3f} | {scores['dgm_worst']:.4f} | {scores['kept']:.1f} % | {seconds:.1f} s |")
 
 
 def pipeline_config(preset, **overrides):
@@ -241,16 +253,13 @@ def compare(paths, names, report_seed, markdown=None, field_methods=()):
         m = score(result.chi_ppm, sim, result.mask)
         # the local field is the preset's, so the earlier run's tuned TKD on it is still the floor
         floor = earlier[name][1].get("TKD on the consensus field", (np.nan,))[0]
-        runs = [(label, result.chi_ppm, result.mask, seconds)]
+        detailed.append(detailed_row(name, acquisition, label, m, m["nrmse"] - floor, seconds))
         for candidate, method, options in CANDIDATES:
             if candidate in field_methods:
                 other, other_s = from_local_field(result, sim, method, options)
-                runs.append((f"field: {candidate}", other.chi_ppm, other.mask, other_s))
-        for method, chi, mask, run_s in runs:
-            mm = score(chi, sim, mask)
-            detailed.append(f"| {name} | {describe(acquisition)} | {method} | {mm['nrmse']:.1f} % | "
-                            f"{mm['nrmse'] - floor:+.1f} | {mm['xsim']:.3f} | {mm['dgm_worst']:.4f} | "
-                            f"{mm['kept']:.1f} % | {run_s:.1f} s |")
+                other_m = score(other.chi_ppm, sim, other.mask)
+                detailed.append(detailed_row(name, acquisition, f"field: {candidate}", other_m,
+                                             other_m["nrmse"] - floor, other_s))
         d_nrmse, d_dgm = m["nrmse"] - nrmse_before, m["dgm_worst"] - dgm_before
         holds &= d_nrmse <= ALLOWED_NRMSE_POINTS and d_dgm <= ALLOWED_DGM_PPM
         stages = ", ".join(f"{s['stage']} {s['time_s']:.1f}" + (f"/{s['iterations']}" if "iterations" in s else "")
@@ -261,9 +270,7 @@ def compare(paths, names, report_seed, markdown=None, field_methods=()):
         print(line, flush=True)
     verdict = "every row holds" if holds else "a row is worse than allowed"
     lines += ["", verdict, "", "The same runs as rows of the detailed table (`--write-readme` takes this file after "
-              "the earlier runs, and its cells replace theirs):", "",
-              "| row | acquisition | method | NRMSE | vs TKD | XSIM | worst DGM error (ppm) | brain scored | time |",
-              "|---|---|---|---|---|---|---|---|---|"] + detailed
+              "the earlier runs, and its cells replace theirs):", "", DETAILED_HEADER] + detailed
     print(verdict)
     if markdown:
         Path(markdown).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -299,10 +306,8 @@ def main():
         return
 
     model = load_fine_head_model()
-    header = ("| row | acquisition | method | NRMSE | vs TKD | XSIM | worst DGM error (ppm) | brain scored | time |\n"
-              "|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
-    print(header, flush=True)
+    lines = [DETAILED_HEADER]
+    print(DETAILED_HEADER, flush=True)
     worst = {}
     for name in names:
         acquisition = {**BASE, **ROWS[name]}
@@ -337,9 +342,7 @@ def main():
             worst[key] = {"nrmse": max(previous["nrmse"], m["nrmse"]), "xsim": min(previous["xsim"], m["xsim"]),
                           "dgm_worst": max(previous["dgm_worst"], m["dgm_worst"]),
                           "vs_tkd": max(previous["vs_tkd"], vs_tkd)}
-            line = (f"| {name} | {describe(acquisition)} | {method} | {m['nrmse']:.1f} % | "
-                    f"{vs_tkd:+.1f} | {m['xsim']:.3f} | "
-                    f"{m['dgm_worst']:.4f} | {m['kept']:.1f} % | {seconds:.1f} s |")
+            line = detailed_row(name, acquisition, method, m, vs_tkd, seconds)
             lines.append(line)
             print(line, flush=True)
         for preset, (threshold, sweep) in tuned.items():
