@@ -74,9 +74,13 @@ def test_bids_run_meets_the_consensus_targets_at_1mm(tmp_path, capsys):
     assert all(stage["time_s"] >= 0 for stage in provenance["stages"])
     inversion = [s for s in provenance["stages"] if s["stage"] == "dipole inversion"][0]
     assert inversion["method"] == "nltv" and 0 < inversion["iterations"] <= inversion["parameters"]["max_iter"]
-    # the TV weight was chosen from the echo fit's noise, and recorded with its inputs
+    # nonlinear TV's weight was chosen from the local field's own noise, and recorded with its inputs; the
+    # echo fit's field noise is recorded by its stage (for chi-separation and the TV-ADMM rule)
     auto = inversion["auto_regularisation"]
-    assert auto["noise_source"].startswith("multi-echo fit") and auto["noise_sd_ppm"] > 0
+    assert auto["noise_source"].startswith("field high-pass MAD") and auto["noise_sd_ppm"] > 0
+    assert auto["value"] == pytest.approx(0.2 * auto["noise_sd_ppm"]) and auto["voxel_exponent"] == 0.0
+    fit = [s for s in provenance["stages"] if s["stage"] == "total field"][0]
+    assert 0 < fit["field_noise_sd_ppm"] < auto["noise_sd_ppm"]
     assert inversion["parameters"]["lam"] == auto["value"] and inversion["regularisation_source"]["lam"] == "automatic"
 
 

@@ -28,7 +28,7 @@ from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import (AUTO_PARAMETERS, PARAMETER_RULES, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov,
                         tkd, tsvd, tv_admm)
-from .inversion.tv_weight import choose_tv_weight, tv_weight_gain
+from .inversion.tv_weight import choose_tv_weight, tv_weight_rule
 from .mask_check import check_brain_mask
 from .masking import brain_mask, erosion_radius_mm, opening_radius_mm
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
@@ -426,13 +426,15 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             if config.exclude_untrusted_field:
                 trusted = trusted_field_mask(fit, mask)
                 record["untrusted_voxels"] = int((mask & ~trusted).sum())
+            # noise weighting from the fit (Liu et al. 2011), untrusted voxels left out
+            noise_weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
+            usable = mask if trusted is None else trusted
+            noise_weights = np.where(usable, noise_weights / np.median(noise_weights[mask]), 0).astype(np.float32)
+            noise_sd_ppm = hz_to_ppm(fit.field_sd_hz, b0_t)
+            noise_sd_ppm = np.where(usable, noise_sd_ppm, np.median(noise_sd_ppm[usable])).astype(np.float32)
+            # the typical value, as the TV weight rules that take the echo fit's noise read it
+            record["field_noise_sd_ppm"] = float(np.median(noise_sd_ppm[mask]))
         total_field_hz = fit.field_hz
-        # noise weighting from the fit (Liu et al. 2011), untrusted voxels left out
-        noise_weights = 1.0 / np.maximum(fit.field_sd_hz, 1e-6)
-        usable = mask if trusted is None else trusted
-        noise_weights = np.where(usable, noise_weights / np.median(noise_weights[mask]), 0).astype(np.float32)
-        noise_sd_ppm = hz_to_ppm(fit.field_sd_hz, b0_t)
-        noise_sd_ppm = np.where(usable, noise_sd_ppm, np.median(noise_sd_ppm[usable])).astype(np.float32)
     elif total_field_hz is not None:
         total_field_hz = as_volume(total_field_hz, "total field")
 
@@ -483,13 +485,15 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             record["auto_regularisation"] = choice.as_record()
         if (config.inversion in TV_WEIGHTED_INVERSIONS and isinstance(params.get("lam"), str)
                 and params["lam"] == "auto"):
-            # the TV weight from the measured noise: the echo fit's when there is one, else the field's own
+            # the TV weight from the measured noise: a given SD; else the echo fit's where the method's
+            # rule takes it and there is one; else the field's own
+            rule = tv_weight_rule(config.inversion)
             source = None if params.get("noise_sd_ppm") is None else "given"
             noise = params.get("noise_sd_ppm")
-            if noise is None and noise_sd_ppm is not None:
+            if noise is None and noise_sd_ppm is not None and rule.noise == "echo fit":
                 noise, source = noise_sd_ppm, "multi-echo fit (median field SD in the mask)"
             lam, auto = choose_tv_weight(field_ppm, mask, voxel_size, noise_sd_ppm=noise, noise_source=source,
-                                         gain=tv_weight_gain(config.inversion))
+                                         rule=rule)
             params = dict(params, lam=lam)
             record["parameters"]["lam"] = lam
             if "noise_sd_ppm" in params:

@@ -41,7 +41,7 @@ from .dipole import dipole_kernel
 from .errors import QSMInputError
 from .inversion._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .inversion.gradient import backward_divergence, forward_differences, gradient_norm_squared
-from .inversion.tv_weight import TV_WEIGHT_GAIN, field_noise_sd
+from .inversion.tv_weight import TV_WEIGHT_RULE, field_noise_sd, tv_weight_from_noise
 from .validation import as_mask, as_volume, as_voxel_size, check_b0, check_count, check_number
 
 #: Relaxometric constant at 3 T (Hz per ppm) for both kinds of source: Shin et al. (2021)
@@ -148,8 +148,9 @@ def chi_separation(field_ppm, r2star_hz, r2_hz, mask, voxel_size, *, b0_t, b0_di
         Noise SD of R2* and of R2 (1/s). Default: measured from each map in
         the same way; 0 for a constant R2 (a model has no noise, only error).
     lam : float or "auto", optional
-        TV weight (ppm mm) of each part. ``"auto"``: ``TV_WEIGHT_GAIN * h *
-        sigma_f`` with ``sigma_f`` the median field noise SD, the TV-ADMM rule.
+        TV weight (ppm mm) of each part. ``"auto"``: the TV-ADMM rule, ``gain * h *
+        sigma_f`` with ``h`` the mean voxel edge (mm) and ``sigma_f`` the median
+        field noise SD.
     max_iter : int, optional
     tol : float, optional
         Stop when the relative change of (chi_pos, chi_neg) inside the mask
@@ -232,10 +233,9 @@ def chi_separation(field_ppm, r2star_hz, r2_hz, mask, voxel_size, *, b0_t, b0_di
     weight_f = (sigma0 / np.maximum(sigma_f, sigma0 * 1e-3)).astype(np.float32)
     weight_r = (sigma0 * dr_pos / np.maximum(sigma_r2p, floor_r)).astype(np.float32)
 
-    h = float(np.mean(voxel_size))
     if isinstance(lam, str) and lam == "auto":
-        lam_value = TV_WEIGHT_GAIN * h * sigma0
-        lam_source = "automatic: TV_WEIGHT_GAIN * mean voxel edge * median field noise SD (the TV-ADMM rule)"
+        lam_value = tv_weight_from_noise(sigma0, voxel_size, TV_WEIGHT_RULE.gain, TV_WEIGHT_RULE.voxel_exponent)
+        lam_source = "automatic: gain * mean voxel edge * median field noise SD (the TV-ADMM rule)"
     else:
         lam_value = check_number(lam, "lam", strict=True, unit="ppm mm")
         lam_source = "given"

@@ -881,8 +881,17 @@ def r2_from_map(values, *, is_t2, mask, name):
 
 
 def field_noise_from_provenance(result):
-    """The local field's noise SD (ppm) that the pipeline used, and its source; None: measure from the field."""
-    for stage in result.provenance.get("stages", []):
+    """The field's noise SD (ppm) the pipeline measured, and its source; None: measure it from the field.
+
+    The echo fit's (median field SD in the mask) where there was one; else what a TV-weighted inversion
+    recorded.
+    """
+    stages = result.provenance.get("stages", [])
+    for stage in stages:
+        noise = stage.get("field_noise_sd_ppm") if stage.get("stage") == "total field" else None
+        if isinstance(noise, (int, float)) and noise > 0:
+            return float(noise), "multi-echo fit (median field SD in the mask)"
+    for stage in stages:
         if stage.get("stage") == "dipole inversion":
             auto = stage.get("auto_regularisation", {})  # every TV-weighted inversion records its noise here
             noise = auto.get("noise_sd_ppm", stage.get("parameters", {}).get("noise_sd_ppm"))
