@@ -9,8 +9,9 @@ the given seed and the consensus preset runs on it, with ``--method`` as its
 inversion. At the inversion the pipeline's call is intercepted: the same
 local field, mask, noise weights and options are inverted again with the
 weight ``lam = g * h * sigma_echo`` for every gain ``g`` of ``--gains`` (``h``
-the mean voxel edge, ``sigma_echo`` the median field noise SD of the echo fit,
-the pipeline's rule of :mod:`qsmlib.inversion.tv_weight`), each map referenced
+the mean voxel edge, ``sigma_echo`` the median field noise SD of the echo fit:
+the form of TV-ADMM's rule in :mod:`qsmlib.inversion.tv_weight`, the sweep's
+unit whatever the method's own rule), each map referenced
 to the brain mean and scored against the truth (NRMSE, worst deep grey matter
 error). The row also records the field's own high-pass MAD noise
 (:func:`qsmlib.inversion.tv_weight.field_noise_sd`), so that rules on either
@@ -26,7 +27,8 @@ rule's weight minus the row's best NRMSE over the sweep. NRMSE between swept
 weights is interpolated by a parabola in ``log lam`` through the three nearest
 weights; a rule whose weight leaves a row's swept range is not considered.
 ``--check`` scores the fitted constants, unchanged, on another seed's sweep.
-The table also scores nonlinear TV's rule in the library and the one before it.
+The table also scores the method's rule in the library (and, for nonlinear TV,
+the one before it).
 A benchmark: it asserts nothing.
 """
 
@@ -34,6 +36,7 @@ import argparse
 import functools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +92,7 @@ def sweep_row(model, name, method, seed, gains):
 
 NOISE_ESTIMATES = {"echo": "sigma_echo_ppm", "mad": "sigma_mad_ppm"}
 #: nonlinear TV's gain on the echo fit's noise (times the voxel edge) before this sweep's rule (issue 12, 2026-12-07)
-PREVIOUS_ECHO_GAIN = 0.2
+PREVIOUS_NLTV_ECHO_GAIN = 0.2
 EXPONENTS = np.round(np.arange(-0.5, 2.51, 0.1), 2)
 
 
@@ -137,16 +140,18 @@ def fit_rule(rows, noise, exponents):
 
 def fit(tuning_path, check_path=None):
     """Print the rules fitted on one sweep and, with ``check_path``, their regrets on another."""
-    tuning = json.load(open(tuning_path, encoding="utf-8"))["rows"]
-    check = json.load(open(check_path, encoding="utf-8"))["rows"] if check_path else None
+    sweep = json.loads(Path(tuning_path).read_text(encoding="utf-8"))
+    method, tuning = sweep["method"], sweep["rows"]
+    check = json.loads(Path(check_path).read_text(encoding="utf-8"))["rows"] if check_path else None
     print(f"Rules lam = c * h^a * sigma fitted on {tuning_path} ({len(tuning)} rows) by the worst row's regret "
           "(NRMSE points above the row's best swept weight)" + (f"; checked on {check_path}" if check else ""))
     names = list((check or tuning))
     print("| sigma | a | c | worst regret (tuning) | worst regret (check) | " + " | ".join(names) + " |")
     print("|---|---|---|---|---|" + "---|" * len(names))
-    library = tv_weight.TV_WEIGHT_RULES.get("nltv", tv_weight.TV_WEIGHT_RULE)
-    rules = [("echo", 1.0, PREVIOUS_ECHO_GAIN, "nltv before"),
-             ("echo" if library.noise == "echo fit" else "mad", library.voxel_exponent, library.gain, "nltv now")]
+    library = tv_weight.tv_weight_rule(method)
+    rules = [("echo" if library.noise == "echo fit" else "mad", library.voxel_exponent, library.gain, f"{method} now")]
+    if method == "nltv":
+        rules.insert(0, ("echo", 1.0, PREVIOUS_NLTV_ECHO_GAIN, "nltv before"))
     for noise in NOISE_ESTIMATES:
         for exponents in ((1.0,), EXPONENTS):
             _, exponent, constant = fit_rule(tuning, noise, exponents)
