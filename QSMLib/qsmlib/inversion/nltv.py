@@ -186,14 +186,21 @@ def _fit_wrapped_field(y, target, w2, r, mu, steps=NEWTON_STEPS):
     r = np.float32(r)
     mu = np.float32(mu)
     inv_r = np.float32(1.0) / r
+    # Three work arrays, reused: fresh ones for every temporary cost more than the arithmetic.
+    angle, slope, pull = (np.empty_like(y) for _ in range(3))
     for _ in range(steps):
-        phase = r * y
-        slope = w2 * np.sin(phase) * inv_r
-        slope += mu * (y - target)
-        curvature = w2 * np.cos(phase)
+        np.multiply(r, y, out=angle)
+        np.sin(angle, out=slope)
+        slope *= w2
+        slope *= inv_r
+        np.subtract(y, target, out=pull)
+        pull *= mu
+        slope += pull
+        curvature = np.cos(angle, out=angle)
+        curvature *= w2
         np.maximum(curvature, 0, out=curvature)
         curvature += mu
-        y -= slope / curvature
+        y -= np.divide(slope, curvature, out=slope)
     return y
 
 
