@@ -28,7 +28,7 @@ from .errors import ImplausibleMapError, ImplausibleMaskError, QSMInputError
 from .fieldmap import fit_multi_echo_field, residual_exclusion_mask, trusted_field_mask
 from .inversion import (AUTO_PARAMETERS, PARAMETER_RULES, choose_regularisation, ilsqr, medi, nltv, rts, star, tikhonov,
                         tkd, tsvd, tv_admm)
-from .inversion.tv_weight import choose_tv_weight, tv_weight_rule
+from .inversion.tv_weight import ECHO_FIT_NOISE_SOURCE, choose_tv_weight, tv_weight_rule
 from .mask_check import check_brain_mask
 from .masking import brain_mask, erosion_radius_mm, opening_radius_mm
 from .reference import csf_reference_mask, reference_to_csf, reference_to_region
@@ -491,7 +491,7 @@ def reconstruct(*, magnitude=None, phase=None, te_s=None, total_field_hz=None, l
             source = None if params.get("noise_sd_ppm") is None else "given"
             noise = params.get("noise_sd_ppm")
             if noise is None and noise_sd_ppm is not None and rule.noise == "echo fit":
-                noise, source = noise_sd_ppm, "multi-echo fit (median field SD in the mask)"
+                noise, source = noise_sd_ppm, ECHO_FIT_NOISE_SOURCE
             lam, auto = choose_tv_weight(field_ppm, mask, voxel_size, noise_sd_ppm=noise, noise_source=source,
                                          rule=rule)
             params = dict(params, lam=lam)

@@ -18,6 +18,7 @@ from .constants import hz_per_ppm
 from .dipole import b0_direction_from_affine, voxel_size_from_affine
 from .errors import ImplausibleMaskError, QSMInputError
 from .inversion import cosmos
+from .inversion.tv_weight import ECHO_FIT_NOISE_SOURCE
 from .io import (OutputDirectory, bids_label, find_megre, load_field, load_labels, load_magnitude, load_mask, load_multi_echo,
                  megre_names, save_nifti, write_megre)
 from .memory import check_run_inputs
@@ -890,7 +891,7 @@ def field_noise_from_provenance(result):
     for stage in stages:
         noise = stage.get("field_noise_sd_ppm") if stage.get("stage") == "total field" else None
         if isinstance(noise, (int, float)) and noise > 0:
-            return float(noise), "multi-echo fit (median field SD in the mask)"
+            return float(noise), ECHO_FIT_NOISE_SOURCE
     for stage in stages:
         if stage.get("stage") == "dipole inversion":
             auto = stage.get("auto_regularisation", {})  # every TV-weighted inversion records its noise here

@@ -35,6 +35,8 @@ from ..validation import as_mask, as_voxel_size, as_volume, check_number
 
 #: 1 / 0.6745: MAD of a standard normal to its SD (Donoho & Johnstone 1994).
 MAD_TO_SD = 1.0 / 0.6744897501960817
+#: The noise source recorded when the multi-echo fit's noise is used (pipeline and workflow).
+ECHO_FIT_NOISE_SOURCE = "multi-echo fit (median field SD in the mask)"
 
 
 @dataclass(frozen=True)
