@@ -1,4 +1,4 @@
-"""Conjugate gradients for symmetric positive definite systems: LBV, RESHARP, iSMV and MEDI use this one."""
+"""Conjugate gradients for symmetric positive definite systems (LBV, RESHARP, iSMV, MEDI) and least squares (PDF)."""
 
 import numpy as np
 
@@ -38,6 +38,45 @@ def conjugate_gradient(apply, x, residual, *, max_iter, tol, callback=None, prec
         direction *= np.float32(rz_new / rz)
         direction += z
         rz = rz_new
+    return x
+
+
+def cgls(forward, adjoint, data, *, max_iter, tol, callback=None):
+    """Least squares ``min ||data - forward(x)||`` by CGLS from ``x = 0``.
+
+    Conjugate gradients on the normal equations in the stable form of
+    Hestenes & Stiefel (CGLS; J Res Natl Bur Stand 1952;49:409-436). ``adjoint``
+    is the transpose of the linear ``forward``. Stops when an iteration changes
+    the residual ``data - forward(x)`` (for PDF, the weighted local field) by
+    less than ``tol`` times its norm, or after ``max_iter`` iterations.
+    ``callback(iteration, change)`` is called after each iteration.
+    """
+    residual = data.copy()
+    gradient = adjoint(residual)
+    x = np.zeros_like(gradient)
+    direction = gradient.copy()
+    gg = _dot(gradient, gradient)
+    if gg == 0.0:
+        return x
+    for iteration in range(1, max_iter + 1):
+        image = forward(direction)
+        image_norm_sq = _dot(image, image)
+        if image_norm_sq == 0.0:
+            break
+        step = np.float32(gg / image_norm_sq)
+        x += step * direction
+        residual -= step * image
+        residual_norm_sq = _dot(residual, residual)
+        change = float(step * np.sqrt(image_norm_sq / residual_norm_sq)) if residual_norm_sq > 0 else 0.0
+        if callback is not None:
+            callback(iteration, change)
+        if change < tol:
+            break
+        gradient = adjoint(residual)
+        gg_new = _dot(gradient, gradient)
+        direction *= np.float32(gg_new / gg)
+        direction += gradient
+        gg = gg_new
     return x
 
 

@@ -6,6 +6,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..masking import bounding_box
+from ..solvers import cgls
 from ..validation import as_b0_dir, as_mask, as_volume, as_voxel_size, check_count, check_number, check_padding_size
 
 #: Default width in mm of the source region added around the mask's bounding box.
@@ -125,52 +126,11 @@ def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100
         out *= sources
         return out
 
-    chi = _cgls(forward, adjoint, weights * box_field, max_iter, tol, callback)
+    chi = cgls(forward, adjoint, weights * box_field, max_iter=max_iter, tol=tol, callback=callback)
 
     local = np.zeros(field.shape, dtype=np.float32)
     local[box] = np.where(box_mask, box_field - field_of(chi), np.float32(0))
     return local, mask.copy()
-
-
-def _cgls(forward, adjoint, data, max_iter, tol, callback):
-    """Least squares ``min ||data - forward(x)||`` by CGLS from ``x = 0``.
-
-    Conjugate gradients on the normal equations in the stable form of
-    Hestenes & Stiefel (CGLS). Stops when an iteration changes the residual
-    ``data - forward(x)`` (here the weighted local field) by less than ``tol``
-    times its norm.
-    """
-    residual = data.copy()
-    gradient = adjoint(residual)
-    x = np.zeros_like(gradient)
-    direction = gradient.copy()
-    gg = _dot(gradient, gradient)
-    if gg == 0.0:
-        return x
-    for iteration in range(1, max_iter + 1):
-        image = forward(direction)
-        image_norm_sq = _dot(image, image)
-        if image_norm_sq == 0.0:
-            break
-        step = np.float32(gg / image_norm_sq)
-        x += step * direction
-        residual -= step * image
-        residual_norm_sq = _dot(residual, residual)
-        change = float(step * np.sqrt(image_norm_sq / residual_norm_sq)) if residual_norm_sq > 0 else 0.0
-        if callback is not None:
-            callback(iteration, change)
-        if change < tol:
-            break
-        gradient = adjoint(residual)
-        gg_new = _dot(gradient, gradient)
-        direction *= np.float32(gg_new / gg)
-        direction += gradient
-        gg = gg_new
-    return x
-
-
-def _dot(a, b):
-    return float(np.dot(a.ravel(), b.ravel()))
 
 
 def _weights(weights, mask, box):
