@@ -46,7 +46,8 @@ def cgls(forward, adjoint, data, *, max_iter, tol, callback=None):
 
     Conjugate gradients on the normal equations in the stable form of
     Hestenes & Stiefel (CGLS; J Res Natl Bur Stand 1952;49:409-436). ``adjoint``
-    is the transpose of the linear ``forward``. Stops when an iteration changes
+    is the transpose of the linear ``forward``; both return new arrays (the
+    iteration scales ``forward``'s result in place). Stops when an iteration changes
     the residual ``data - forward(x)`` (for PDF, the weighted local field) by
     less than ``tol`` times its norm, or after ``max_iter`` iterations.
     ``callback(iteration, change)`` is called after each iteration.
@@ -55,6 +56,7 @@ def cgls(forward, adjoint, data, *, max_iter, tol, callback=None):
     gradient = adjoint(residual)
     x = np.zeros_like(gradient)
     direction = gradient.copy()
+    scaled = np.empty_like(direction)
     gg = _dot(gradient, gradient)
     if gg == 0.0:
         return x
@@ -64,8 +66,9 @@ def cgls(forward, adjoint, data, *, max_iter, tol, callback=None):
         if image_norm_sq == 0.0:
             break
         step = np.float32(gg / image_norm_sq)
-        x += step * direction
-        residual -= step * image
+        x += np.multiply(step, direction, out=scaled)
+        image *= step
+        residual -= image
         residual_norm_sq = _dot(residual, residual)
         change = float(step * np.sqrt(image_norm_sq / residual_norm_sq)) if residual_norm_sq > 0 else 0.0
         if callback is not None:

@@ -102,8 +102,8 @@ def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100
     padded = fourier.padded_shape(box_shape, pad)
     kernel = dipole_kernel(padded, voxel_size, b0_dir)
 
-    # Sources live everywhere on the padded grid except inside the mask.
-    sources = np.ones(padded, dtype=bool)
+    # Sources live everywhere on the padded grid except inside the mask (1/0, float32 like the data).
+    sources = np.ones(padded, dtype=np.float32)
     sources[tuple(slice(0, n) for n in box_shape)] = ~box_mask
 
     def field_of(chi):
@@ -114,9 +114,7 @@ def pdf(field, mask, voxel_size, *, b0_dir=(0, 0, 1), weights=None, max_iter=100
 
     def forward(chi):
         """``W M D (1 - M) chi``: weighted field of the sources inside the mask."""
-        out = field_of(chi)
-        out *= weights
-        return out
+        return np.multiply(field_of(chi), weights)      # contiguous, unlike the cropped view
 
     def adjoint(data):
         """``(1 - M) D M W data``: the transpose of :func:`forward`."""
