@@ -118,10 +118,10 @@ def unwrap_romeo(phase, mask=None, voxel_size=(1, 1, 1), *, magnitude=None, phas
     weakest edges, which are joined last.
 
     Cost for one 256 x 256 x 176 echo without a mask (34 million edges), on
-    two cores: 26 real FFT pairs of that grid with magnitude, 32 without (5.0
-    and 6.0 s where one pair took 0.19 s), and 7 with a brain mask of a fifth
-    of the volume. The scipy Kruskal tree it replaced took about twice as long
-    as this method's first version, which took 44 pairs; all give bit-identical
+    two cores: 26-35 real FFT pairs of that grid with magnitude, 32-38 without,
+    and 7-9 with a brain mask of a fifth of the volume (three runs where one
+    pair took 0.15-0.19 s). This method's first version took 44 pairs, and the
+    scipy Kruskal tree before it about twice as long; all give bit-identical
     output. Memory: under 1 GB without a mask (Testing/benchmarks/bench_unwrap.py).
 
     References
