@@ -7,6 +7,8 @@ phase added to scattered voxels (which the complex-exponential data terms must
 ignore); a uniform CSF region (which MEDI+0 must flatten).
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -19,6 +21,10 @@ from qsmlib.inversion.nltv import DEFAULT_RAD_PER_PPM, nltv
 from qsmlib.inversion.star import star
 from qsmlib.inversion.tv_admm import DEFAULT_TV_LAMBDA
 from test_inversion import _ellipsoid, _field, _phantom, _ratios, _rmse
+
+# The modules, which qsmlib.inversion's functions of the same names hide.
+gradient_module = importlib.import_module("qsmlib.inversion.gradient")
+nltv_module = importlib.import_module("qsmlib.inversion.nltv")
 
 N = 64
 STRONG_PPM = 1.0
@@ -103,6 +109,47 @@ def test_nltv_zero_weights_leave_voxels_out(phantom):
     clean = _rmse(phantom["tv"], truth, mask)
     assert _rmse(nltv(spiked, mask, (1, 1, 1)), truth, mask) > 3 * clean
     assert _rmse(nltv(spiked, mask, (1, 1, 1), weights=weights), truth, mask) < 1.1 * clean
+
+
+def test_wrapped_field_newton_steps_reach_the_voxelwise_minimum_in_every_chunk(monkeypatch):
+    """Each voxel's y-update: w2 sin(r e) / r + mu (e - t) = 0, chunk by chunk as in one piece."""
+    rng = np.random.default_rng(3)
+    n = 10_001                                            # several chunks and a ragged last one
+    target = rng.uniform(-1.0, 1.0, n).astype(np.float32)
+    w2 = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    w2[:50] = 0.0                                         # no data: the step lands on the target
+    r, mu = 2.0, 1.5                                      # mu > w2: a convex problem per voxel
+    start = rng.uniform(-1.0, 1.0, n).astype(np.float32)
+    monkeypatch.setattr(nltv_module, "SLAB_BYTES", 4 * 1024)   # 1024 voxels per chunk
+    chunked = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
+    monkeypatch.setattr(nltv_module, "SLAB_BYTES", 1 << 30)
+    whole = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
+    assert np.array_equal(chunked, whole)
+    e = chunked.astype(np.float64)
+    stationarity = w2 * np.sin(r * e) / r + mu * (e - target)
+    assert np.abs(stationarity).max() < 1e-5
+    np.testing.assert_allclose(chunked[:50], target[:50], atol=1e-6)
+
+
+@pytest.mark.parametrize("components", [3, None])
+def test_shrinkage_projects_onto_the_ball_slab_by_slab(monkeypatch, components):
+    """u = v min(1, t / |v|) (|v| over the gradient's components) and work = v - 2u, in every slab."""
+    rng = np.random.default_rng(4)
+    shape = (13, 16, 16)                                  # 1 KiB planes
+    v = rng.normal(0.0, 1.0, ((components,) if components else ()) + shape).astype(np.float32)
+    threshold = np.float32(0.8)
+    length = np.sqrt((v.astype(np.float64) ** 2).sum(axis=0)) if components else np.abs(v.astype(np.float64))
+    expected_dual = v * np.minimum(1.0, threshold / length)
+    results = []
+    for slab_bytes in (3 * 1024, 1 << 30):                # 3 planes per slab (the last one 1), or one slab
+        monkeypatch.setattr(gradient_module, "SLAB_BYTES", slab_bytes)
+        work, dual = v.copy(), np.empty_like(v)
+        radius, scratch = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        assert gradient_module.shrink_dual(work, dual, threshold, radius, scratch) is work
+        np.testing.assert_allclose(dual, expected_dual, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(work, v - 2 * expected_dual, rtol=1e-6, atol=1e-6)
+        results.append((work, dual))
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
 
 
 # ---------------------------------------------------------------- MEDI
