@@ -120,9 +120,9 @@ def test_wrapped_field_newton_steps_reach_the_voxelwise_minimum_in_every_chunk(m
     w2[:50] = 0.0                                         # no data: the step lands on the target
     r, mu = 2.0, 1.5                                      # mu > w2: a convex problem per voxel
     start = rng.uniform(-1.0, 1.0, n).astype(np.float32)
-    monkeypatch.setattr(nltv_module, "SLAB_BYTES", 4 * 1024)   # 1024 voxels per chunk
+    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 4 * 1024)   # 1024 voxels per chunk
     chunked = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
-    monkeypatch.setattr(nltv_module, "SLAB_BYTES", 1 << 30)
+    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 1 << 30)
     whole = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
     assert np.array_equal(chunked, whole)
     e = chunked.astype(np.float64)
@@ -151,6 +151,46 @@ def test_shrinkage_projects_onto_the_ball_slab_by_slab(monkeypatch, components):
         results.append((work, dual))
     assert all(np.array_equal(a, b) for a, b in zip(*results))
 
+
+
+def test_cache_slices_cover_every_item_once_in_pieces_of_the_slab_size(monkeypatch):
+    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 12)
+    assert gradient_module.cache_slices(7, 4) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert gradient_module.cache_slices(6, 4) == [slice(0, 3), slice(3, 6)]
+    assert gradient_module.cache_slices(2, 100) == [slice(0, 1), slice(1, 2)]    # at least one item each
+    assert gradient_module.cache_slices(0, 4) == []
+
+def test_fused_tv_step_equals_differences_shrinkage_and_divergence_in_every_slab(monkeypatch):
+    """shrink_gradient_dual against np.roll differences, the closed-form projection and the divergence.
+
+    On an anisotropic grid with a ragged last slab, the first slab's divergence
+    needing the last plane (periodic), and the result of many slabs equal to
+    one slab bit for bit.
+    """
+    rng = np.random.default_rng(5)
+    shape, voxel_size = (11, 12, 10), (0.8, 1.0, 1.5)     # 480-byte planes
+    inv_h = [1.0 / h for h in voxel_size]
+    chi = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    dual_in = rng.normal(0.0, 0.5, (3,) + shape).astype(np.float32)
+    threshold = np.float32(0.9)
+    # the reference in float64, written out from the definitions
+    x = chi.astype(np.float64)
+    v = np.stack([(np.roll(x, -1, axis=d) - x) / voxel_size[d] for d in range(3)]) + dual_in
+    u = v * np.minimum(1.0, threshold / np.sqrt((v ** 2).sum(axis=0)))
+    z_minus_u = v - 2 * u
+    div = sum((z_minus_u[d] - np.roll(z_minus_u[d], 1, axis=d)) / voxel_size[d] for d in range(3))
+    results = []
+    for slab_bytes in (2 * 480, 1 << 30):                 # 2 planes per slab (the last one 1), or one slab
+        monkeypatch.setattr(gradient_module, "SLAB_BYTES", slab_bytes)
+        dual = dual_in.copy()
+        work, divergence, scratch = (np.full(s, np.nan, np.float32) for s in ((3,) + shape, shape, shape))
+        assert gradient_module.shrink_gradient_dual(chi, dual, threshold, inv_h, work, divergence,
+                                                    scratch) is divergence
+        np.testing.assert_allclose(dual, u, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(work, z_minus_u, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(divergence, div, rtol=1e-5, atol=2e-5)
+        results.append((dual, work, divergence))
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
 
 # ---------------------------------------------------------------- MEDI
 

@@ -34,10 +34,20 @@ from .. import fourier
 from ..errors import QSMInputError
 from ..validation import as_volume, as_voxel_size
 
-#: Size of one array's slab in slab-by-slab pointwise steps (:func:`shrink_dual`): with the other
+#: Size of one array's slab in slab-by-slab pointwise steps (:func:`cache_slices`): with the other
 #: arrays of the step (eight in all, about 6 MB) it stays in a typical L3 cache between passes.
 #: Measured best at 4 planes of 216 x 216 (0.75 MB) on a two-core host with 32 MB of L3.
 SLAB_BYTES = 768 * 1024
+
+
+def cache_slices(length, item_bytes):
+    """Slices that cut ``length`` items of ``item_bytes`` each into pieces of about :data:`SLAB_BYTES`.
+
+    Pointwise steps run piece by piece so that a chain of passes stays in the
+    CPU cache; at least one item per piece, the last piece possibly shorter.
+    """
+    step = max(1, SLAB_BYTES // max(1, int(item_bytes)))
+    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
 
 
 def gradient(x, voxel_size, *, out=None):
@@ -159,17 +169,7 @@ def forward_differences(x, out, inv_h):
     Low-level and allocation-free: ``x`` is float32 3D, ``out`` a float32
     (3, X, Y, Z) array (or a sequence of three 3D arrays) not aliasing ``x``.
     """
-    for d in range(3):
-        lead = [slice(None)] * 3
-        lag = [slice(None)] * 3
-        lead[d], lag[d] = slice(1, None), slice(None, -1)
-        g = out[d]
-        np.subtract(x[tuple(lead)], x[tuple(lag)], out=g[tuple(lag)])
-        first, last = [slice(None)] * 3, [slice(None)] * 3
-        first[d], last[d] = slice(0, 1), slice(-1, None)
-        np.subtract(x[tuple(first)], x[tuple(last)], out=g[tuple(last)])
-        if inv_h[d] != 1.0:
-            g *= np.float32(inv_h[d])
+    _forward_planes(x, out, 0, x.shape[0], inv_h)
     return out
 
 
@@ -179,26 +179,61 @@ def backward_divergence(y, out, inv_h, scratch=None):
     Low-level: ``out`` (float32 3D) must not alias ``y``; ``scratch`` is an
     optional float32 3D work array of the same shape (allocated when needed).
     """
+    if scratch is None:
+        scratch = np.empty_like(out)
+    _divergence_planes(y, out, 0, out.shape[0], inv_h, scratch)
+    return out
+
+
+def _axis_slices(axis, first, second):
+    """Index tuples that take ``first`` and ``second`` along ``axis`` and everything along the others."""
+    a, b = [slice(None)] * 3, [slice(None)] * 3
+    a[axis], b[axis] = first, second
+    return tuple(a), tuple(b)
+
+
+def _forward_planes(x, out, start, stop, inv_h):
+    """:func:`forward_differences` on the X planes ``start:stop`` only (periodic, as on the whole grid)."""
+    n = x.shape[0]
+    for d in range(3):
+        g = out[d][start:stop]
+        if d == 0:
+            end = min(stop, n - 1)                  # planes whose next plane is not the wrapped first
+            np.subtract(x[start + 1:end + 1], x[start:end], out=g[:end - start])
+            if stop == n:
+                np.subtract(x[0:1], x[n - 1:n], out=g[n - 1 - start:])
+        else:
+            planes = x[start:stop]
+            lead, lag = _axis_slices(d, slice(1, None), slice(None, -1))
+            np.subtract(planes[lead], planes[lag], out=g[lag])
+            first, last = _axis_slices(d, slice(0, 1), slice(-1, None))
+            np.subtract(planes[first], planes[last], out=g[last])
+        if inv_h[d] != 1.0:
+            g *= np.float32(inv_h[d])
+
+
+def _divergence_planes(y, out, start, stop, inv_h, scratch):
+    """:func:`backward_divergence` on the X planes ``start:stop`` only; ``scratch`` as there."""
+    n = out.shape[0]
     for d in range(3):
         yd = y[d]
-        cur, prev = [slice(None)] * 3, [slice(None)] * 3
-        cur[d], prev[d] = slice(1, None), slice(None, -1)
-        first, last = [slice(None)] * 3, [slice(None)] * 3
-        first[d], last[d] = slice(0, 1), slice(-1, None)
-        scale = np.float32(inv_h[d])
+        target = out[start:stop] if d == 0 else scratch[start:stop]
         if d == 0:
-            target = out
+            begin = max(start, 1)                   # planes whose previous plane is not the wrapped last
+            np.subtract(yd[begin:stop], yd[begin - 1:stop - 1], out=out[begin:stop])
+            if start == 0:
+                np.subtract(yd[0:1], yd[n - 1:n], out=out[0:1])
         else:
-            if scratch is None:
-                scratch = np.empty_like(out)
-            target = scratch
-        np.subtract(yd[tuple(cur)], yd[tuple(prev)], out=target[tuple(cur)])
-        np.subtract(yd[tuple(first)], yd[tuple(last)], out=target[tuple(first)])
+            planes = yd[start:stop]
+            cur, prev = _axis_slices(d, slice(1, None), slice(None, -1))
+            np.subtract(planes[cur], planes[prev], out=target[cur])
+            first, last = _axis_slices(d, slice(0, 1), slice(-1, None))
+            np.subtract(planes[first], planes[last], out=target[first])
+        scale = np.float32(inv_h[d])
         if scale != 1.0:
             target *= scale
         if d > 0:
-            out += target
-    return out
+            out[start:stop] += target
 
 
 def shrink_dual(work, dual, threshold, radius, scratch=None):
@@ -214,13 +249,33 @@ def shrink_dual(work, dual, threshold, radius, scratch=None):
     The steps run slab by slab along X, each slab small enough to stay in the
     CPU cache between them: the same arithmetic, in about half the time.
     """
-    plane_bytes = radius[0].nbytes
-    planes = max(1, SLAB_BYTES // plane_bytes)
-    for start in range(0, radius.shape[0], planes):
-        slab = slice(start, start + planes)
+    for slab in cache_slices(radius.shape[0], radius[0].nbytes):
         _shrink_slab(work[..., slab, :, :], dual[..., slab, :, :], threshold, radius[slab],
                      None if scratch is None else scratch[slab])
     return work
+
+
+def shrink_gradient_dual(chi, dual, threshold, inv_h, work, divergence, scratch):
+    """The whole z/u step of a total-variation ADMM, fused slab by slab along X.
+
+    Equal, value for value, to :func:`forward_differences` of ``chi`` into
+    ``work``, ``work += dual``, :func:`shrink_dual` and
+    :func:`backward_divergence` of ``work`` into ``divergence``, run one after
+    the other on the whole grid; here each slab goes through all of them
+    while it is in the CPU cache. On return ``dual`` holds the new dual ``u``,
+    ``work`` holds ``z - u`` and ``divergence`` holds ``div(z - u)``, what the
+    next chi-update transforms. All arrays are float32; ``work`` and ``dual``
+    have shape (3, X, Y, Z), the others (X, Y, Z); ``scratch`` is work space.
+    """
+    slabs = cache_slices(chi.shape[0], chi[0].nbytes)
+    for slab in slabs:
+        _forward_planes(chi, work, slab.start, slab.stop, inv_h)
+        work[:, slab] += dual[:, slab]
+        _shrink_slab(work[:, slab], dual[:, slab], threshold, divergence[slab], scratch[slab])
+        if slab.start > 0:                          # the first slab's divergence needs the last plane
+            _divergence_planes(work, divergence, slab.start, slab.stop, inv_h, scratch)
+    _divergence_planes(work, divergence, slabs[0].start, slabs[0].stop, inv_h, scratch)
+    return divergence
 
 
 def _shrink_slab(work, dual, threshold, radius, scratch):

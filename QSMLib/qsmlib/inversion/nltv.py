@@ -36,7 +36,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..validation import as_volume, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import SLAB_BYTES, backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
+from .gradient import cache_slices, gradient_norm_squared, shrink_gradient_dual
 from .tv_admm import DEFAULT_TV_LAMBDA, DEFAULT_TV_RHO, DEFAULT_TV_TOL, _relative_change
 
 #: Default phase per unit field, in rad/ppm: 2 pi gamma B0 TE at 3 T and TE = 20 ms
@@ -188,10 +188,9 @@ def _fit_wrapped_field(y, target, w2, r, mu, steps=NEWTON_STEPS):
     inv_r = np.float32(1.0) / r
     # Chunks that stay in the CPU cache through all steps, and three work arrays reused
     # (fresh temporaries cost more than the arithmetic).
-    chunk = SLAB_BYTES // y.itemsize
-    work = np.empty((3, min(chunk, y.size)), dtype=np.float32)
-    for start in range(0, y.size, chunk):
-        part = slice(start, start + chunk)
+    chunks = cache_slices(y.size, y.itemsize)
+    work = np.empty((3, chunks[0].stop if chunks else 0), dtype=np.float32)
+    for part in chunks:
         y_part, target_part, w2_part = y[part], target[part], w2[part]
         angle, slope, pull = work[:, :y_part.size]
         for _ in range(steps):
@@ -227,28 +226,27 @@ def _solve(grid, w2, lam, r, rho, mu, max_iter, tol, callback):
     f_fit = grid.field.ravel()[flat_fit]
     in_mask = grid.inside().astype(np.float32)
 
-    y = grid.field.copy()                                  # y = D chi estimate, starts at f
-    y_fit = y.ravel()[flat_fit] - f_fit                    # y - f on the fitted voxels
-    s = np.zeros(shape, dtype=np.float32)                  # dual of y = D chi
+    # Off the fitted voxels the y-update is y = D chi + s, after which s + D chi - y is exactly 0:
+    # s stays 0 there and y - s, what the chi-update transforms, is D chi. So y and s are kept on
+    # the fitted voxels only.
+    y_fit = np.zeros_like(f_fit)                           # y - f on the fitted voxels (y starts at f)
+    s_fit = np.zeros_like(f_fit)                           # dual of y = D chi, on the fitted voxels
+    data = grid.field                                      # y - s
     dual = np.zeros((3,) + shape, dtype=np.float32)        # dual of z = G chi
-    work = np.empty((3,) + shape, dtype=np.float32)
+    work = np.empty((3,) + shape, dtype=np.float32)        # z - u
+    divergence = np.empty(shape, dtype=np.float32)         # div(z - u)
     scratch = np.empty(shape, dtype=np.float32)
-    radius = np.empty(shape, dtype=np.float32)
     threshold = np.float32(lam / rho)
 
     chi_prev = None
-    first = True
     for iteration in range(1, max_iter + 1):
-        np.subtract(y, s, out=scratch)
-        spectrum = fourier.rfft(scratch)
+        spectrum = fourier.rfft(data)
         spectrum *= data_gain
-        if not first:
-            backward_divergence(work, radius, inv_h, scratch)
-            penalty = fourier.rfft(radius)
+        if iteration > 1:
+            penalty = fourier.rfft(divergence)
             penalty *= penalty_gain
             spectrum -= penalty
             del penalty
-        first = False
         chi = fourier.irfft(spectrum, shape).astype(np.float32, copy=False)
 
         change = _relative_change(chi, chi_prev, in_mask, scratch)
@@ -258,21 +256,20 @@ def _solve(grid, w2, lam, r, rho, mu, max_iter, tol, callback):
             break
         chi_prev = chi
 
-        # y-update: target D chi + s; free (y = target) where there are no data
+        # y-update on the fitted voxels, towards the target D chi + s; then s <- s + D chi - y
         spectrum *= kernel
-        target = fourier.irfft(spectrum, shape).astype(np.float32, copy=False)
+        data = fourier.irfft(spectrum, shape).astype(np.float32, copy=False)   # D chi
         del spectrum
-        model = target.copy()                               # D chi, for the dual update
-        target += s
-        y_fit = _fit_wrapped_field(y_fit, target.ravel()[flat_fit] - f_fit, w2_fit, r, mu)
-        np.copyto(y, target)
-        y.ravel()[flat_fit] = y_fit + f_fit
-        s += model
-        s -= y
-        del model, target
+        model_fit = data.ravel()[flat_fit]
+        target_fit = model_fit + s_fit
+        target_fit -= f_fit
+        y_fit = _fit_wrapped_field(y_fit, target_fit, w2_fit, r, mu)
+        y_field = y_fit + f_fit
+        s_fit += model_fit
+        s_fit -= y_field
+        data.ravel()[flat_fit] = y_field - s_fit
+        del model_fit, target_fit, y_field
 
         # z-update folded into the dual: u <- proj_{lam/rho}(G chi + u); work <- z - u
-        forward_differences(chi, work, inv_h)
-        work += dual
-        shrink_dual(work, dual, threshold, radius, scratch)
+        shrink_gradient_dual(chi, dual, threshold, inv_h, work, divergence, scratch)
     return chi

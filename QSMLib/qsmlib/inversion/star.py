@@ -32,7 +32,7 @@ from .. import fourier
 from ..dipole import dipole_kernel
 from ..validation import check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
+from .gradient import gradient_norm_squared, shrink_dual, shrink_gradient_dual
 from .nltv import _check_callback, _squared_weights
 from .tv_admm import DEFAULT_TV_LAMBDA, DEFAULT_TV_RHO, DEFAULT_TV_TOL, _relative_change
 
@@ -186,7 +186,7 @@ def _sparse_admm(field, w2, kernel, grid, lam, rho, transform, max_iter, tol, re
     dual = np.zeros(components + shape, dtype=np.float32)
     work = np.zeros(components + shape, dtype=np.float32)      # z - u
     scratch = np.empty(shape, dtype=np.float32)
-    radius = np.empty(shape, dtype=np.float32)
+    radius = np.empty(shape, dtype=np.float32)                 # div(z - u) for the gradient
     threshold = np.float32(lam / rho)
 
     chi_prev = None
@@ -196,7 +196,6 @@ def _sparse_admm(field, w2, kernel, grid, lam, rho, transform, max_iter, tol, re
         spectrum *= data_gain
         if iteration > 1:
             if gradient:
-                backward_divergence(work, radius, inv_h, scratch)
                 penalty = fourier.rfft(radius)
                 penalty *= penalty_gain
                 spectrum -= penalty
@@ -227,11 +226,10 @@ def _sparse_admm(field, w2, kernel, grid, lam, rho, transform, max_iter, tol, re
 
         # z <- shrink(T chi + u, lam / rho); u <- T chi + u - z (the projection); work <- z - u
         if gradient:
-            forward_differences(chi, work, inv_h)
-            work += dual
+            shrink_gradient_dual(chi, dual, threshold, inv_h, work, radius, scratch)
         else:
             np.add(chi, dual, out=work)
-        shrink_dual(work, dual, threshold, radius, scratch)
+            shrink_dual(work, dual, threshold, radius, scratch)
     if gradient:
         return chi
     # the sparse split variable: exactly zero off the strong sources

@@ -40,7 +40,7 @@ from ..dipole import dipole_kernel
 from ..errors import QSMInputError
 from ..validation import as_mask, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import backward_divergence, forward_differences, gradient_norm_squared, shrink_dual
+from .gradient import gradient_norm_squared, shrink_gradient_dual
 from .tv_weight import field_noise_sd, tv_weight_from_noise
 
 #: TV weight of the bare function in ppm mm (field in ppm, gradient in ppm/mm).
@@ -192,9 +192,9 @@ def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior, trusted):
 
     threshold = np.float32(lam / rho)
     dual = np.zeros((3,) + shape, dtype=np.float32)      # u
-    work = np.empty((3,) + shape, dtype=np.float32)      # G chi + u, then z - u
+    work = np.empty((3,) + shape, dtype=np.float32)      # z - u
+    divergence = np.empty(shape, dtype=np.float32)       # div(z - u)
     scratch = np.empty(shape, dtype=np.float32)
-    radius = np.empty(shape, dtype=np.float32)
 
     chi_prev = None
     for iteration in range(1, max_iter + 1):
@@ -205,8 +205,7 @@ def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior, trusted):
                 # measured field inside the mask, the current model's field outside
                 data_term = fourier.rfft(model_field)
                 data_term *= field_gain
-            backward_divergence(work, radius, inv_h, scratch)
-            spectrum = fourier.rfft(radius)
+            spectrum = fourier.rfft(divergence)
             spectrum *= penalty_gain
             np.subtract(data_term, spectrum, out=spectrum)
         chi = fourier.irfft(spectrum, shape).astype(np.float32, copy=False)
@@ -224,10 +223,8 @@ def _solve(grid, lam, rho, max_iter, tol, callback, free_exterior, trusted):
             np.copyto(model_field, grid.field, where=trusted)
         del spectrum
 
-        # v = G chi + u; u <- projection of v on the lam/rho ball; work <- z - u = v - 2u
-        forward_differences(chi, work, inv_h)
-        work += dual
-        shrink_dual(work, dual, threshold, radius, scratch)
+        # v = G chi + u; u <- projection of v on the lam/rho ball; work <- z - u = v - 2u, and its divergence
+        shrink_gradient_dual(chi, dual, threshold, inv_h, work, divergence, scratch)
     return chi
 
 
