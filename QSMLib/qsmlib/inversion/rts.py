@@ -34,6 +34,7 @@ from ..errors import QSMInputError
 from ..validation import check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
 from .gradient import backward_divergence, forward_differences, gradient_norm_squared
+from .tv_admm import _relative_change
 
 #: Published defaults (Kames et al. 2018, and the authors' QSM.jl): kernel
 #: threshold 0.15, data weight 1e5, ADMM penalty 10, 4 LSMR iterations, at
@@ -215,15 +216,6 @@ def _tv_fill_in(grid, kernel, inside, chi1, delta, mu, rho, max_iter, tol, callb
         if change < tol:
             break
     return x
-
-
-def _relative_change(x, x_prev, weight, scratch):
-    np.multiply(x, x, out=scratch)
-    norm = float(np.sqrt(np.dot(scratch.ravel(), weight.ravel())))
-    np.subtract(x, x_prev, out=scratch)
-    np.multiply(scratch, scratch, out=scratch)
-    change = float(np.sqrt(np.dot(scratch.ravel(), weight.ravel())))
-    return change / norm if norm > 0 else 0.0
 
 
 def _rfft_weights(shape, spectrum_shape):
