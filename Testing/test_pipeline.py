@@ -396,9 +396,9 @@ def test_each_stage_reports_its_cost_in_fft_pairs_of_its_own_grid(head_2mm):
     assert pdf_stage["fft_pairs"] == 2 * iterations + 2
     assert tkd_stage["fft_pairs"] == 1
     box = [s.stop - s.start for s in bounding_box(result.mask)]
-    # TKD pads the box by 12 voxels, PDF by 30 mm (15 voxels at 2 mm), then round up to a fast size
+    # TKD pads the box by 12 voxels, PDF by 20 mm (10 voxels at 2 mm), then round up to a fast size
     assert tkd_stage["fft_grid"] == list(fourier.padded_shape(box, 12))
-    assert pdf_stage["fft_grid"] == list(fourier.padded_shape(box, 15))
+    assert pdf_stage["fft_grid"] == list(fourier.padded_shape(box, 10))
     assert "fft_pairs" not in stages["referencing"]
 
 
