@@ -185,11 +185,17 @@ def backward_divergence(y, out, inv_h, scratch=None):
     return out
 
 
-def _axis_slices(axis, first, second):
-    """Index tuples that take ``first`` and ``second`` along ``axis`` and everything along the others."""
-    a, b = [slice(None)] * 3, [slice(None)] * 3
-    a[axis], b[axis] = first, second
-    return tuple(a), tuple(b)
+def _periodic_steps(a, axis, out, *, forward):
+    """``a[n + 1] - a[n]`` along ``axis``, periodic, into ``out`` at ``n`` (forward) or ``n + 1`` (backward)."""
+    def along(part):
+        index = [slice(None)] * 3
+        index[axis] = part
+        return tuple(index)
+
+    after, before = along(slice(1, None)), along(slice(None, -1))
+    first, last = along(slice(0, 1)), along(slice(-1, None))
+    np.subtract(a[after], a[before], out=out[before if forward else after])
+    np.subtract(a[first], a[last], out=out[last if forward else first])
 
 
 def _forward_planes(x, out, start, stop, inv_h):
@@ -203,11 +209,7 @@ def _forward_planes(x, out, start, stop, inv_h):
             if stop == n:
                 np.subtract(x[0:1], x[n - 1:n], out=g[n - 1 - start:])
         else:
-            planes = x[start:stop]
-            lead, lag = _axis_slices(d, slice(1, None), slice(None, -1))
-            np.subtract(planes[lead], planes[lag], out=g[lag])
-            first, last = _axis_slices(d, slice(0, 1), slice(-1, None))
-            np.subtract(planes[first], planes[last], out=g[last])
+            _periodic_steps(x[start:stop], d, g, forward=True)
         if inv_h[d] != 1.0:
             g *= np.float32(inv_h[d])
 
@@ -224,11 +226,7 @@ def _divergence_planes(y, out, start, stop, inv_h, scratch):
             if start == 0:
                 np.subtract(yd[0:1], yd[n - 1:n], out=out[0:1])
         else:
-            planes = yd[start:stop]
-            cur, prev = _axis_slices(d, slice(1, None), slice(None, -1))
-            np.subtract(planes[cur], planes[prev], out=target[cur])
-            first, last = _axis_slices(d, slice(0, 1), slice(-1, None))
-            np.subtract(planes[first], planes[last], out=target[first])
+            _periodic_steps(yd[start:stop], d, target, forward=False)
         scale = np.float32(inv_h[d])
         if scale != 1.0:
             target *= scale
