@@ -437,3 +437,34 @@ def test_a_brain_mask_file_is_used_and_checked_against_the_inputs(page, server, 
     mask = np.asarray(nib.load(_download(page, "#qsm-download-mask", tmp_path / "mask.nii.gz")).dataobj)
     assert mask.any() and not (mask.astype(bool) & ~ball).any()  # the map's mask lies in the given ball
     assert not chi[~ball].any() and np.count_nonzero(chi[ball]) > 0.5 * ball.sum()
+
+
+def test_run_takes_the_presets_methods_when_the_page_still_shows_the_previous_ones(tmp_path):
+    """Run clicked right after a preset: the page may still show the previous preset's methods.
+
+    The click sends what the page shows (:attr:`QSMWebApp.RUN_FIELDS`); the run
+    must take the chosen preset's methods, whether or not the preset's change
+    reached the server before the click, and keep a method the user chose.
+    """
+    from qsmlib.pipeline import PRESETS
+    from qsmlib.web.app import QSMWebApp
+    from qsmlib.web.data_folder import DataFolder
+
+    app = QSMWebApp(DataFolder(tmp_path), server="qsm-web-preset-race")
+    state = app.state
+    page_shows = {"te_text": "0.004, 0.008", "b0_text": "3", "preset": "fast", "reference": "brain",
+                  "mask_name": "", **PRESETS["consensus"]}                # stale methods beside the new preset
+    fast = tuple(PRESETS["fast"][key] for key in ("unwrap", "bgremove", "inversion"))
+    assert fast != tuple(PRESETS["consensus"][key] for key in ("unwrap", "bgremove", "inversion"))
+
+    def click_run(server_preset, **server_methods):
+        state.preset = server_preset
+        state.update({**PRESETS[server_preset], **server_methods})
+        app.run(*(page_shows[name] for name in QSMWebApp.RUN_FIELDS))   # no input loaded: stops after the settings
+        assert state.status_text.startswith("No input"), state.status_text
+        return state.preset, (state.unwrap, state.bgremove, state.inversion)
+
+    assert click_run("fast") == ("fast", fast)                  # the server had already switched
+    assert click_run("consensus") == ("fast", fast)             # the preset's change was still on its way
+    chosen = click_run("fast", inversion="medi")                # a method chosen after the preset stays
+    assert chosen == ("fast", fast[:2] + ("medi",))

@@ -230,15 +230,20 @@ class QSMWebApp:
 
     # -- the run --------------------------------------------------------------------------------
 
-    #: Panel values a Run click sends along (so a value typed just before the click is the one used).
-    RUN_FIELDS = ("te_text", "b0_text", "preset", "unwrap", "bgremove", "inversion", "reference", "mask_name")
+    #: Panel values a Run click sends along, so that a value typed just before the click is the one used;
+    #: and the preset. Not the method selectors: the server sets them when the preset changes, and the
+    #: page may still show the previous preset's methods when Run is clicked right after a preset.
+    RUN_FIELDS = ("te_text", "b0_text", "preset", "mask_name")
 
     def run(self, *values):
         """Start the reconstruction with the panel's settings (a worker thread; Cancel stays live)."""
         if self.state.running:
             return
         if values:
-            self.state.update(dict(zip(self.RUN_FIELDS, values)))
+            sent = dict(zip(self.RUN_FIELDS, values))
+            if sent.get("preset") in PRESETS and sent["preset"] != self.state.preset:
+                sent.update(PRESETS[sent["preset"]])  # the preset's change has not reached the server yet
+            self.state.update(sent)
         if not self.magnitude:
             self._set_status("No input: load the sample head or magnitude and phase files first.", "error")
             return
