@@ -241,8 +241,8 @@ class QSMWebApp:
             return
         if values:
             sent = dict(zip(self.RUN_FIELDS, values))
-            if sent.get("preset") in PRESETS and sent["preset"] != self.state.preset:
-                sent.update(PRESETS[sent["preset"]])  # the preset's change has not reached the server yet
+            if sent["preset"] != self.state.preset:
+                self._on_preset(sent["preset"])  # the preset's change has not reached the server yet
             self.state.update(sent)
         if not self.magnitude:
             self._set_status("No input: load the sample head or magnitude and phase files first.", "error")
