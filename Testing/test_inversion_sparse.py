@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from qsmlib import Cancelled, QSMInputError
+from qsmlib import Cancelled, QSMInputError, slabs
 from qsmlib.dipole import dipole_convolve
 from qsmlib.inversion import tv_admm
 from qsmlib.inversion.medi import magnitude_edges, medi
@@ -120,9 +120,9 @@ def test_wrapped_field_newton_steps_reach_the_voxelwise_minimum_in_every_chunk(m
     w2[:50] = 0.0                                         # no data: the step lands on the target
     r, mu = 2.0, 1.5                                      # mu > w2: a convex problem per voxel
     start = rng.uniform(-1.0, 1.0, n).astype(np.float32)
-    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 4 * 1024)   # 1024 voxels per chunk
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 4 * 1024)   # 1024 voxels per chunk
     chunked = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
-    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 1 << 30)
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 1 << 30)
     whole = nltv_module._fit_wrapped_field(start.copy(), target, w2, r, mu, steps=12)
     assert np.array_equal(chunked, whole)
     e = chunked.astype(np.float64)
@@ -142,7 +142,7 @@ def test_shrinkage_projects_onto_the_ball_slab_by_slab(monkeypatch, components):
     expected_dual = v * np.minimum(1.0, threshold / length)
     results = []
     for slab_bytes in (3 * 1024, 1 << 30):                # 3 planes per slab (the last one 1), or one slab
-        monkeypatch.setattr(gradient_module, "SLAB_BYTES", slab_bytes)
+        monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
         work, dual = v.copy(), np.empty_like(v)
         radius, scratch = np.empty(shape, np.float32), np.empty(shape, np.float32)
         assert gradient_module.shrink_dual(work, dual, threshold, radius, scratch) is work
@@ -154,11 +154,11 @@ def test_shrinkage_projects_onto_the_ball_slab_by_slab(monkeypatch, components):
 
 
 def test_cache_slices_cover_every_item_once_in_pieces_of_the_slab_size(monkeypatch):
-    monkeypatch.setattr(gradient_module, "SLAB_BYTES", 12)
-    assert gradient_module.cache_slices(7, 4) == [slice(0, 3), slice(3, 6), slice(6, 7)]
-    assert gradient_module.cache_slices(6, 4) == [slice(0, 3), slice(3, 6)]
-    assert gradient_module.cache_slices(2, 100) == [slice(0, 1), slice(1, 2)]    # at least one item each
-    assert gradient_module.cache_slices(0, 4) == []
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 12)
+    assert slabs.cache_slices(7, 4) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert slabs.cache_slices(6, 4) == [slice(0, 3), slice(3, 6)]
+    assert slabs.cache_slices(2, 100) == [slice(0, 1), slice(1, 2)]    # at least one item each
+    assert slabs.cache_slices(0, 4) == []
 
 def test_fused_tv_step_equals_differences_shrinkage_and_divergence_in_every_slab(monkeypatch):
     """shrink_gradient_dual against np.roll differences, the closed-form projection and the divergence.
@@ -181,7 +181,7 @@ def test_fused_tv_step_equals_differences_shrinkage_and_divergence_in_every_slab
     div = sum((z_minus_u[d] - np.roll(z_minus_u[d], 1, axis=d)) / voxel_size[d] for d in range(3))
     results = []
     for slab_bytes in (2 * 480, 1 << 30):                 # 2 planes per slab (the last one 1), or one slab
-        monkeypatch.setattr(gradient_module, "SLAB_BYTES", slab_bytes)
+        monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
         dual = dual_in.copy()
         work, divergence, scratch = (np.full(s, np.nan, np.float32) for s in ((3,) + shape, shape, shape))
         assert gradient_module.shrink_gradient_dual(chi, dual, threshold, inv_h, work, divergence,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qsmlib import QSMInputError
+from qsmlib import QSMInputError, slabs
 from qsmlib.io.multiecho import load_multi_echo
 from qsmlib.simulation import load_head_phantom, simulate_gre
 from qsmlib.unwrap import unwrap_echoes_temporal, unwrap_reliability, unwrap_romeo, voxel_quality
@@ -162,6 +162,45 @@ def test_voxel_quality_separates_noise_from_coherent_phase_and_respects_the_mask
         voxel_quality(phase[..., 0], te)
     with pytest.raises(QSMInputError, match="te_s"):
         voxel_quality(phase, te[:3])
+
+
+@pytest.mark.parametrize("n_echoes", [1, 3])
+def test_voxel_quality_slab_by_slab_is_the_mean_of_the_edge_weights_of_each_pair(monkeypatch, n_echoes):
+    """Each voxel's quality, from the whole-volume edge weights of every echo pair; many slabs as one.
+
+    The slabs along X carry what the edges leaving them add to the next plane;
+    a mask with holes (edges missing inside the box) and a ragged last slab.
+    """
+    rng = np.random.default_rng(11)
+    shape = (11, 9, 7)                                    # 252-byte planes
+    te = np.array([0.004, 0.009, 0.015])[:n_echoes]
+    field = smooth_phase(shape) * 0.4 + rng.normal(0.0, 0.6, shape)
+    phase = np.stack([field * t / te[0] + rng.normal(0.0, 0.3, shape) for t in te], axis=-1).astype(np.float32)
+    mask = rng.random(shape) > 0.25
+    # The reference, on the whole volume: pair (e, e + 1)'s quantised weights per axis, each edge
+    # counted at both its voxels, divided by the number of edges, averaged over the pairs.
+    wrapped = [wrap_to_pi(phase[..., e], np.float32) for e in range(n_echoes)]
+    pairs = [(e, e + 1) for e in range(n_echoes - 1)] or [(0, None)]
+    expected = np.zeros(shape)
+    for first, second in pairs:
+        weights = edge_weights(wrapped[first], mask, phase2=None if second is None else wrapped[second],
+                               te_ratio=None if second is None else te[second] / te[first])
+        total, count = np.zeros(shape), np.zeros(shape)
+        for axis, weight in enumerate(weights):
+            lo, hi = (tuple(part if a == axis else slice(None) for a in range(3))
+                      for part in (slice(0, -1), slice(1, None)))
+            for end in (lo, hi):
+                total[end] += weight[lo]
+                count[end] += weight[lo] > 0
+        expected += np.divide(total, count, out=np.zeros(shape), where=count > 0) / 255
+    expected /= len(pairs)
+    results = []
+    for slab_bytes in (2 * 252, 1 << 30):                 # 2 planes per slab (the last one 1), or one slab
+        monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
+        results.append(voxel_quality(phase, te, mask))
+        np.testing.assert_allclose(results[-1], expected, rtol=0, atol=1e-6)
+    assert np.array_equal(results[0], results[1])
+    assert np.all(results[0][~mask] == 0) and results[0][mask].min() > 0
 
 
 def test_pointer_jumping_finds_roots_and_sums_steps_along_tree_paths():

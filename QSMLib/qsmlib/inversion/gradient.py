@@ -32,22 +32,8 @@ import numpy as np
 
 from .. import fourier
 from ..errors import QSMInputError
+from ..slabs import cache_slices
 from ..validation import as_volume, as_voxel_size
-
-#: Size of one array's slab in slab-by-slab pointwise steps (:func:`cache_slices`): with the other
-#: arrays of the step (eight in all, about 6 MB) it stays in a typical L3 cache between passes.
-#: Measured best at 4 planes of 216 x 216 (0.75 MB) on a two-core host with 32 MB of L3.
-SLAB_BYTES = 768 * 1024
-
-
-def cache_slices(length, item_bytes):
-    """Slices that cut ``length`` items of ``item_bytes`` each into pieces of about :data:`SLAB_BYTES`.
-
-    Pointwise steps run piece by piece so that a chain of passes stays in the
-    CPU cache; at least one item per piece, the last piece possibly shorter.
-    """
-    step = max(1, SLAB_BYTES // max(1, int(item_bytes)))
-    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
 
 
 def gradient(x, voxel_size, *, out=None):

@@ -34,9 +34,10 @@ from .. import fourier
 from ..constants import GAMMA_HZ_PER_T
 from ..dipole import dipole_kernel
 from ..errors import QSMInputError
+from ..slabs import cache_slices
 from ..validation import as_volume, check_count, check_number
 from ._grid import DEFAULT_PAD_VOXELS, WorkGrid
-from .gradient import cache_slices, gradient_norm_squared, shrink_gradient_dual
+from .gradient import gradient_norm_squared, shrink_gradient_dual
 from .tv_admm import DEFAULT_TV_LAMBDA, DEFAULT_TV_RHO, DEFAULT_TV_TOL, _relative_change
 
 #: Default phase per unit field, in rad/ppm: 2 pi gamma B0 TE at 3 T and TE = 20 ms
