@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qsmlib import QSMInputError, fourier
+from qsmlib import QSMInputError, fourier, slabs
 from qsmlib.phase import wrap_to_pi
 from qsmlib.unwrap import unwrap_laplacian, unwrap_reliability
 from qsmlib.unwrap.laplacian import solve_poisson_neumann, wrapped_phase_laplacian
@@ -197,6 +197,26 @@ def test_wrap_to_pi_range_and_congruence():
     assert wrapped.min() >= -np.pi and wrapped.max() < np.pi
     k = (values - wrapped) / TWO_PI
     assert np.abs(k - np.round(k)).max() < 1e-9
+
+
+def test_wrap_to_pi_slab_by_slab_is_the_whole_array_wrapped(monkeypatch):
+    """Every value in [-pi, pi) and off its input by whole turns, slab by slab as in one piece; a value
+    that rounds up to +pi in float32 becomes -pi, and the input is left as it was."""
+    rng = np.random.default_rng(2)
+    phase = rng.normal(0.0, 12.0, (7, 5, 3))
+    phase[0, 0, :2] = [np.pi - 1e-9, 3 * np.pi - 1e-9]        # in float32 both round to pi, above pi
+    given = phase.copy()
+    results = []
+    for slab_bytes in (2 * 5 * 3 * 8, 1 << 30):              # 2 planes per slab (the last one 1), or one slab
+        monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
+        results.append(wrap_to_pi(phase, np.float32))
+        turns = (phase - results[-1]) / TWO_PI
+        assert np.abs(turns - np.round(turns)).max() < 1e-5
+    assert np.array_equal(results[0], results[1]) and np.array_equal(phase, given)
+    wrapped = results[0]
+    assert wrapped.dtype == np.float32 and wrapped.min() >= -np.float32(np.pi) and wrapped.max() < np.pi
+    assert np.all(wrapped[0, 0, :2] == -np.float32(np.pi))
+    assert wrap_to_pi(phase[:, 1]).shape == (7, 3) and wrap_to_pi(np.zeros((0, 3))).shape == (0, 3)
 
 
 def test_laplacian_rejects_unknown_differences():
