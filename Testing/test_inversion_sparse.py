@@ -160,6 +160,7 @@ def test_cache_slices_cover_every_item_once_in_pieces_of_the_slab_size(monkeypat
     assert slabs.cache_slices(2, 100) == [slice(0, 1), slice(1, 2)]    # at least one item each
     assert slabs.cache_slices(0, 4) == []
 
+
 def test_fused_tv_step_equals_differences_shrinkage_and_divergence_in_every_slab(monkeypatch):
     """shrink_gradient_dual against np.roll differences, the closed-form projection and the divergence.
 
